@@ -1,0 +1,78 @@
+"""Settings read from the environment, validated once, each with a documented default."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+from .timeutil import parse_day
+
+SIMULATED = "simulated"
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the lakehouse; README's "Configuration" table documents each one."""
+
+    root: str = "data"
+    exchange: str = SIMULATED
+    exchange_url: str | None = None
+    request_timeout_s: float = 10.0
+    max_request_retries: int = 5
+    history_start: dt.date = dt.date(2017, 7, 1)
+    freshness_warn_hours: float = 2.0
+    freshness_fail_hours: float = 24.0
+    stale_lag_minutes: float = 5.0
+    repair_interval_s: int = 60
+    webhook_url: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        exchange = (env.get("LAKEHOUSE_EXCHANGE") or SIMULATED).strip().lower()
+        url = (env.get("LAKEHOUSE_EXCHANGE_URL") or "").strip() or None
+        if url and not (url.startswith("http://") or url.startswith("https://")):
+            raise ConfigError(
+                f"LAKEHOUSE_EXCHANGE_URL={url!r} must be an http(s) URL such as http://127.0.0.1:8090"
+            )
+        warn = _float(env, "LAKEHOUSE_FRESHNESS_WARN_HOURS", cls.freshness_warn_hours, 0.01)
+        fail = _float(env, "LAKEHOUSE_FRESHNESS_FAIL_HOURS", cls.freshness_fail_hours, 0.01)
+        if fail < warn:
+            raise ConfigError(
+                f"LAKEHOUSE_FRESHNESS_FAIL_HOURS ({fail}) must be >= LAKEHOUSE_FRESHNESS_WARN_HOURS ({warn})"
+            )
+        history_start = env.get("LAKEHOUSE_HISTORY_START")
+        return cls(
+            root=env.get("LAKEHOUSE_ROOT") or cls.root,
+            exchange=exchange,
+            exchange_url=url,
+            request_timeout_s=_float(env, "LAKEHOUSE_TIMEOUT_S", cls.request_timeout_s, 0.1),
+            max_request_retries=int(_float(env, "LAKEHOUSE_MAX_RETRIES", cls.max_request_retries)),
+            history_start=parse_day(history_start, "LAKEHOUSE_HISTORY_START") if history_start else cls.history_start,
+            freshness_warn_hours=warn,
+            freshness_fail_hours=fail,
+            stale_lag_minutes=_float(env, "LAKEHOUSE_STALE_LAG_MINUTES", cls.stale_lag_minutes),
+            repair_interval_s=int(_float(env, "LAKEHOUSE_REPAIR_INTERVAL_S", cls.repair_interval_s, 1)),
+            webhook_url=(env.get("LAKEHOUSE_WEBHOOK_URL") or "").strip() or None,
+        )
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root)

@@ -1,0 +1,99 @@
+"""The exchange interface every layer relies on: markets, listing times and Binance-style 1m kline pages."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+
+from ..errors import UnknownSymbolError
+from ..symbols import validate_symbol
+
+Candle = list  # [timestamp_ms, open, high, low, close, volume]
+
+
+@dataclasses.dataclass(frozen=True)
+class Market:
+    symbol: str
+    base: str
+    quote: str
+    active: bool = True
+
+
+@dataclasses.dataclass
+class FetchStats:
+    """Counters a fetch reports as Dagster metadata and the benchmark prints."""
+
+    requests: int = 0
+    rate_limited: int = 0  # 429s seen
+    banned: int = 0  # 418s seen
+    retries: int = 0
+    weight_waits: int = 0
+    waited_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Exchange(abc.ABC):
+    """A source of 1m OHLCV candles. Implementations: CcxtExchange (live) and SimulatedExchange (offline)."""
+
+    id: str
+    page_limit: int = 1000
+
+    def __init__(self) -> None:
+        self.stats = FetchStats()
+
+    @abc.abstractmethod
+    def markets(self) -> dict[str, Market]:
+        """Symbol -> market for every market the exchange lists."""
+
+    @abc.abstractmethod
+    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> list[Candle]:
+        """Up to `limit` 1m candles with since_ms <= ts <= until_ms, oldest first, as the exchange sends them.
+
+        Raises TransientExchangeError for anything worth retrying; an empty list means the exchange really
+        has no candle in the window (a malformed body must raise, never come back as []).
+        """
+
+    @abc.abstractmethod
+    def now_ms(self) -> int:
+        """The exchange's notion of now, used to tell the still-forming candle from closed ones."""
+
+    def listing_ms(self, symbol: str) -> int | None:
+        """Timestamp of the symbol's first 1m candle (its listing), found by asking from the epoch."""
+        page = self.fetch_page(self.check_symbol(symbol), 0, self.now_ms(), 1)
+        return int(page[0][0]) if page else None
+
+    def check_symbol(self, symbol: str) -> str:
+        """Canonical symbol if the exchange lists it; UnknownSymbolError with close matches otherwise."""
+        symbol = validate_symbol(symbol)
+        markets = self.markets()
+        if symbol not in markets:
+            close = difflib.get_close_matches(symbol, list(markets), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UnknownSymbolError(
+                f"{self.id} does not list {symbol}.{hint} Run 'lakehouse symbols available' to see its markets."
+            )
+        return symbol
+
+    def close(self) -> None:
+        """Release connections; the default has none."""
+
+
+def make_exchange(settings) -> Exchange:
+    """The exchange named by settings: 'simulated' (offline default) or any ccxt exchange id."""
+    from ..config import SIMULATED
+
+    if settings.exchange == SIMULATED:
+        from .simulated import SimulatedExchange
+
+        return SimulatedExchange()
+    from .ccxt_client import CcxtExchange
+
+    return CcxtExchange(
+        settings.exchange,
+        url=settings.exchange_url,
+        timeout_s=settings.request_timeout_s,
+        max_retries=settings.max_request_retries,
+    )

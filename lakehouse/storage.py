@@ -1,0 +1,182 @@
+"""All file access of the lakehouse: one Parquet file per (layer, exchange, symbol, UTC day), written atomically.
+
+Layout (Hive-style, so DuckDB and polars can prune by path):
+    {root}/{layer}/exchange={exchange}/symbol={BASE-QUOTE}/date={YYYY-MM-DD}/part.parquet
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+
+from .errors import CorruptPartitionError, StorageError
+from .schema import LAYERS, conform, empty
+from .symbols import decode_symbol, encode_symbol
+from .timeutil import parse_day
+
+PART_FILE = "part.parquet"
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionRef:
+    layer: str
+    exchange: str
+    symbol: str
+    day: dt.date
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionStat:
+    ref: PartitionRef
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+class Storage:
+    """A lakehouse rooted at a local folder; the only module that touches partition files."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Storage({str(self.root)!r})"
+
+    # paths -----------------------------------------------------------------------------------
+    def _layer_dir(self, layer: str) -> Path:
+        if layer not in LAYERS:
+            raise StorageError(f"unknown layer {layer!r}; known: {sorted(LAYERS)}")
+        return self.root / layer
+
+    def symbol_dir(self, layer: str, exchange: str, symbol: str) -> Path:
+        path = self._layer_dir(layer) / f"exchange={_safe_segment(exchange)}" / f"symbol={encode_symbol(symbol)}"
+        # Belt and braces: encode_symbol already refuses path characters.
+        if self.root not in path.resolve().parents:
+            raise StorageError(f"refusing a path outside the lakehouse root: {path}")
+        return path
+
+    def partition_path(self, layer: str, exchange: str, symbol: str, day: dt.date | str) -> Path:
+        return self.symbol_dir(layer, exchange, symbol) / f"date={parse_day(day).isoformat()}" / PART_FILE
+
+    def glob(self, layer: str) -> str:
+        return str(self._layer_dir(layer) / "**" / "*.parquet")
+
+    # writes ----------------------------------------------------------------------------------
+    def write_partition(self, layer: str, exchange: str, symbol: str, day: dt.date, df: pl.DataFrame) -> Path:
+        """Replace the partition's file atomically: readers see the old file or the new one, never a torn one."""
+        path = self.partition_path(layer, exchange, symbol, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+        try:
+            conform(df, layer).write_parquet(tmp, compression="zstd", statistics=True)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+    def delete_partition(self, layer: str, exchange: str, symbol: str, day: dt.date) -> bool:
+        path = self.partition_path(layer, exchange, symbol, day)
+        try:
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    # reads -----------------------------------------------------------------------------------
+    def read_partition(self, layer: str, exchange: str, symbol: str, day: dt.date) -> pl.DataFrame | None:
+        path = self.partition_path(layer, exchange, symbol, day)
+        if not path.exists():
+            return None
+        try:
+            return conform(pl.read_parquet(path), layer)
+        except Exception as exc:  # polars raises several kinds for torn files
+            raise CorruptPartitionError(f"{path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+
+    def read_range(
+        self, layer: str, exchange: str, symbol: str, start: dt.date, end: dt.date
+    ) -> pl.DataFrame:
+        """Concatenate the existing partitions of [start, end]; missing days are simply absent."""
+        frames = []
+        for stat in self.list_partitions(layer, exchange, symbol):
+            if start <= stat.ref.day <= end:
+                frames.append(self.read_partition(layer, exchange, symbol, stat.ref.day))
+        if not frames:
+            return empty(layer)
+        return pl.concat(frames, how="vertical").sort("timestamp") if "timestamp" in LAYERS[layer] else pl.concat(frames)
+
+    def list_partitions(
+        self, layer: str, exchange: str | None = None, symbol: str | None = None
+    ) -> Iterator[PartitionStat]:
+        """Every partition file of a layer, with size and mtime from one directory scan (no file is opened)."""
+        layer_dir = self._layer_dir(layer)
+        for ex_dir in _subdirs(layer_dir, "exchange="):
+            ex = ex_dir.name.split("=", 1)[1]
+            if exchange is not None and ex != exchange:
+                continue
+            for sym_dir in _subdirs(ex_dir, "symbol="):
+                try:
+                    sym = decode_symbol(sym_dir.name.split("=", 1)[1])
+                except Exception:
+                    continue  # a foreign folder is not ours to interpret
+                if symbol is not None and sym != symbol:
+                    continue
+                for date_dir in _subdirs(sym_dir, "date="):
+                    try:
+                        day = dt.date.fromisoformat(date_dir.name.split("=", 1)[1])
+                    except ValueError:
+                        continue
+                    try:
+                        st = (date_dir / PART_FILE).stat()
+                    except FileNotFoundError:
+                        continue
+                    yield PartitionStat(
+                        PartitionRef(layer, ex, sym, day), date_dir / PART_FILE, st.st_size, st.st_mtime_ns
+                    )
+
+    def symbols(self, layer: str, exchange: str | None = None) -> list[tuple[str, str]]:
+        out = []
+        for ex_dir in _subdirs(self._layer_dir(layer), "exchange="):
+            ex = ex_dir.name.split("=", 1)[1]
+            if exchange is None or ex == exchange:
+                for sym_dir in _subdirs(ex_dir, "symbol="):
+                    try:
+                        out.append((ex, decode_symbol(sym_dir.name.split("=", 1)[1])))
+                    except Exception:
+                        continue
+        return sorted(out)
+
+    def disk_usage_bytes(self) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+
+def _subdirs(path: Path, prefix: str) -> Iterator[Path]:
+    try:
+        with os.scandir(path) as it:
+            entries = sorted((e for e in it if e.is_dir() and e.name.startswith(prefix)), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for e in entries:
+        yield Path(e.path)
+
+
+def _safe_segment(value: str) -> str:
+    if not value or not all(c.isalnum() or c in "_" for c in value):
+        raise StorageError(f"invalid exchange id {value!r}: letters, digits and '_' only")
+    return value

@@ -43,6 +43,7 @@ class Exchange(abc.ABC):
 
     def __init__(self) -> None:
         self.stats = FetchStats()
+        self._listings: dict[str, int | None] = {}
 
     @abc.abstractmethod
     def markets(self) -> dict[str, Market]:
@@ -62,8 +63,11 @@ class Exchange(abc.ABC):
 
     def listing_ms(self, symbol: str) -> int | None:
         """Timestamp of the symbol's first 1m candle (its listing), found by asking from the epoch."""
-        page = self.fetch_page(self.check_symbol(symbol), 0, self.now_ms(), 1)
-        return int(page[0][0]) if page else None
+        symbol = self.check_symbol(symbol)
+        if symbol not in self._listings:
+            page = self.fetch_page(symbol, 0, self.now_ms(), 1)
+            self._listings[symbol] = int(page[0][0]) if page else None
+        return self._listings[symbol]
 
     def check_symbol(self, symbol: str) -> str:
         """Canonical symbol if the exchange lists it; UnknownSymbolError with close matches otherwise."""
@@ -80,20 +84,3 @@ class Exchange(abc.ABC):
     def close(self) -> None:
         """Release connections; the default has none."""
 
-
-def make_exchange(settings) -> Exchange:
-    """The exchange named by settings: 'simulated' (offline default) or any ccxt exchange id."""
-    from ..config import SIMULATED
-
-    if settings.exchange == SIMULATED:
-        from .simulated import SimulatedExchange
-
-        return SimulatedExchange()
-    from .ccxt_client import CcxtExchange
-
-    return CcxtExchange(
-        settings.exchange,
-        url=settings.exchange_url,
-        timeout_s=settings.request_timeout_s,
-        max_retries=settings.max_request_retries,
-    )

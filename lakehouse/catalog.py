@@ -1,0 +1,47 @@
+"""DuckDB views over the Parquet tree: every layer queryable with SQL, no database file, no lock to hold."""
+
+from __future__ import annotations
+
+import duckdb
+
+from .schema import LAYERS
+from .storage import Storage
+
+_DUCK_TYPES = {"Float64": "DOUBLE", "String": "VARCHAR", "Int64": "BIGINT", "Int32": "INTEGER",
+               "Int8": "TINYINT", "Boolean": "BOOLEAN", "Date": "DATE"}
+
+
+def _duck_type(dtype) -> str:
+    if str(dtype).startswith("Datetime"):
+        return "TIMESTAMPTZ"
+    return _DUCK_TYPES.get(str(dtype), "VARCHAR")
+
+
+def connect(storage: Storage) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per layer (an empty typed view for a layer with no files)."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    for layer, schema in LAYERS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {layer} AS {layer_sql(storage, layer, schema)}")
+    return con
+
+
+def layer_sql(storage: Storage, layer: str, schema: dict) -> str:
+    layer_dir = storage.root / layer
+    if layer_dir.exists() and any(layer_dir.rglob("*.parquet")):
+        src = f"read_parquet('{storage.glob(layer)}', hive_partitioning = true, union_by_name = true)"
+        # The path's symbol=BTC-USDT is the encoded form; the file column holds the unified BTC/USDT,
+        # and DuckDB lets the path win, so read the file's value back from the path's encoding.
+        select = ", ".join(
+            "replace(\"symbol\", '-', '/') AS \"symbol\"" if c == "symbol" and "symbol" in schema else f'"{c}"'
+            for c in schema
+        )
+        return f"SELECT {select} FROM {src}"
+    typed = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in schema.items())
+    return f"SELECT {typed} WHERE false"
+
+
+def query(storage: Storage, sql: str):
+    """Run SQL over the layer views; returns a polars DataFrame."""
+    with connect(storage) as con:
+        return con.sql(sql).pl()

@@ -1,0 +1,54 @@
+"""The exchange client resource: one abstract interface, a live ccxt implementation and the offline default."""
+
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+from dagster import ConfigurableResource
+
+from lakehouse.config import SIMULATED, Settings
+from lakehouse.exchange.base import Exchange
+
+
+class ExchangeResource(ConfigurableResource, abc.ABC):
+    """Hands assets an `Exchange`; which one is a deployment choice (LAKEHOUSE_EXCHANGE)."""
+
+    @abc.abstractmethod
+    def client(self) -> Exchange: ...
+
+
+class CcxtExchangeResource(ExchangeResource):
+    """A real ccxt exchange over HTTP (default binance); `url` points it at a proxy or emulator."""
+
+    exchange_id: str = "binance"
+    url: Optional[str] = None
+    timeout_s: float = 10.0
+    max_retries: int = 5
+
+    def client(self) -> Exchange:
+        from lakehouse.exchange.ccxt_client import CcxtExchange
+
+        return CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries)
+
+
+class SimulatedExchangeResource(ExchangeResource):
+    """The deterministic offline exchange a new user gets with no network (outages included)."""
+
+    outage_rate: float = 0.02
+
+    def client(self) -> Exchange:
+        from lakehouse.exchange.simulated import SimulatedExchange, SimulatedSource
+
+        return SimulatedExchange(SimulatedSource(outage_rate=self.outage_rate))
+
+
+def exchange_resource(settings: Settings) -> ExchangeResource:
+    if settings.exchange == SIMULATED:
+        return SimulatedExchangeResource()
+    return CcxtExchangeResource(
+        exchange_id=settings.exchange,
+        url=settings.exchange_url,
+        timeout_s=settings.request_timeout_s,
+        max_retries=settings.max_request_retries,
+    )

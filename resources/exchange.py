@@ -36,11 +36,14 @@ class SimulatedExchangeResource(ExchangeResource):
     """The deterministic offline exchange a new user gets with no network (outages included)."""
 
     outage_rate: float = 0.02
+    now_ms: Optional[int] = None  # pins the clock (tests, reproducible demos); None = wall clock
 
     def client(self) -> Exchange:
         from lakehouse.exchange.simulated import SimulatedExchange, SimulatedSource
+        from lakehouse.timeutil import system_clock_ms
 
-        return SimulatedExchange(SimulatedSource(outage_rate=self.outage_rate))
+        clock = (lambda: self.now_ms) if self.now_ms is not None else system_clock_ms
+        return SimulatedExchange(SimulatedSource(outage_rate=self.outage_rate), clock=clock)
 
 
 def exchange_resource(settings: Settings) -> ExchangeResource:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, UserInputError
 from .timeutil import parse_day
 
 SIMULATED = "simulated"
@@ -59,13 +59,17 @@ class Settings:
                 f"LAKEHOUSE_FRESHNESS_FAIL_HOURS ({fail}) must be >= LAKEHOUSE_FRESHNESS_WARN_HOURS ({warn})"
             )
         history_start = env.get("LAKEHOUSE_HISTORY_START")
+        try:
+            history_day = parse_day(history_start, "LAKEHOUSE_HISTORY_START") if history_start else cls.history_start
+        except UserInputError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             root=env.get("LAKEHOUSE_ROOT") or cls.root,
             exchange=exchange,
             exchange_url=url,
             request_timeout_s=_float(env, "LAKEHOUSE_TIMEOUT_S", cls.request_timeout_s, 0.1),
             max_request_retries=int(_float(env, "LAKEHOUSE_MAX_RETRIES", cls.max_request_retries)),
-            history_start=parse_day(history_start, "LAKEHOUSE_HISTORY_START") if history_start else cls.history_start,
+            history_start=history_day,
             freshness_warn_hours=warn,
             freshness_fail_hours=fail,
             stale_lag_minutes=_float(env, "LAKEHOUSE_STALE_LAG_MINUTES", cls.stale_lag_minutes),

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import socket
 
 import pytest
 from dagster import instance_for_test
 
-from assets.partitions import SYMBOLS_PARTITION
 from lakehouse.exchange.simulated import SimulatedExchange, SimulatedSource
 from lakehouse.storage import Storage
-from lakehouse.timeutil import day_start_ms
 from resources import LakehouseResource
 
-# A fixed "now" (2024-03-10 12:34:30 UTC) keeps tests independent of the wall clock.
-NOW_MS = day_start_ms(dt.date(2024, 3, 10)) + (12 * 60 + 34) * 60_000 + 30_000
+from helpers import NOW_MS, add_symbols, free_port, service_reachable  # noqa: F401  (re-exported)
 
 
 @pytest.fixture
@@ -51,24 +46,6 @@ def sim_exchange(source):
 @pytest.fixture
 def lakehouse_resource(root):
     return LakehouseResource(root=str(root))
-
-
-def add_symbols(instance, *symbols):
-    instance.add_dynamic_partitions(SYMBOLS_PARTITION, list(symbols))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def service_reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,30 @@
+"""Plain helpers shared by tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+
+from assets.partitions import SYMBOLS_PARTITION
+from lakehouse.timeutil import day_start_ms
+
+# A fixed "now" (2024-03-10 12:34:30 UTC) keeps tests independent of the wall clock.
+NOW_MS = day_start_ms(dt.date(2024, 3, 10)) + (12 * 60 + 34) * 60_000 + 30_000
+
+
+def add_symbols(instance, *symbols):
+    instance.add_dynamic_partitions(SYMBOLS_PARTITION, list(symbols))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,70 @@
+import datetime as dt
+import os
+
+import polars as pl
+import pytest
+
+from lakehouse.errors import CorruptPartitionError, InvalidSymbolError, StorageError
+from lakehouse.schema import RAW_OHLCV
+from lakehouse.storage import Storage
+
+DAY = dt.date(2024, 1, 2)
+
+
+def frame(n=3, close=1.0):
+    ts = [dt.datetime(2024, 1, 2, 0, i, tzinfo=dt.timezone.utc) for i in range(n)]
+    return pl.DataFrame({
+        "timestamp": ts, "open": [1.0] * n, "high": [2.0] * n, "low": [0.5] * n, "close": [close] * n,
+        "volume": [10.0] * n, "exchange": ["simulated"] * n, "symbol": ["BTC/USDT"] * n, "fetched_at": ts,
+    })
+
+
+def test_hive_path_with_encoded_symbol(storage, root):
+    path = storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame())
+    assert path == root / "raw_ohlcv" / "exchange=simulated" / "symbol=BTC-USDT" / "date=2024-01-02" / "part.parquet"
+    assert storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY)["close"].to_list() == [1.0, 1.0, 1.0]
+
+
+def test_rewrite_replaces_exactly_its_own_file(storage):
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(3, 1.0))
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY + dt.timedelta(days=1), frame(2, 5.0))
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(2, 7.0))
+    assert storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY)["close"].to_list() == [7.0, 7.0]
+    assert storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY + dt.timedelta(days=1))["close"].to_list() == [5.0, 5.0]
+    assert [s.ref.day for s in storage.list_partitions(RAW_OHLCV)] == [DAY, DAY + dt.timedelta(days=1)]
+
+
+def test_crash_mid_write_leaves_the_old_file_and_no_temp(storage, monkeypatch):
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(3, 1.0))
+
+    def crash(self, *a, **k):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(3, 9.0))
+    monkeypatch.undo()
+    assert storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY)["close"].to_list() == [1.0, 1.0, 1.0]
+    folder = storage.partition_path(RAW_OHLCV, "simulated", "BTC/USDT", DAY).parent
+    assert sorted(os.listdir(folder)) == ["part.parquet"]
+
+
+def test_torn_file_is_reported_as_corrupt(storage):
+    path = storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame())
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CorruptPartitionError, match="unreadable"):
+        storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY)
+
+
+def test_paths_cannot_escape_the_root(storage):
+    with pytest.raises(InvalidSymbolError):
+        storage.partition_path(RAW_OHLCV, "simulated", "../../x/y", DAY)
+    with pytest.raises(StorageError, match="invalid exchange id"):
+        storage.partition_path(RAW_OHLCV, "../evil", "BTC/USDT", DAY)
+
+
+def test_read_range_skips_missing_days(storage):
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(2))
+    df = storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY - dt.timedelta(days=3), DAY + dt.timedelta(days=3))
+    assert df.height == 2
+    assert Storage(storage.root / "nowhere").read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY, DAY).height == 0

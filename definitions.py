@@ -8,12 +8,17 @@ from assets.raw import raw_ohlcv
 from lakehouse.config import Settings
 from resources import LakehouseResource, exchange_resource
 
-settings = Settings.from_env()
+
+def build_resources(settings: Settings | None = None) -> dict:
+    """Resources for the current environment; the CLI calls this again at run time so settings are fresh."""
+    settings = settings or Settings.from_env()
+    return {
+        "exchange": exchange_resource(settings),
+        "lakehouse": LakehouseResource(root=str(settings.root_path.resolve())),
+    }
+
 
 defs = Definitions(
     assets=[raw_ohlcv],
-    resources={
-        "exchange": exchange_resource(settings),
-        "lakehouse": LakehouseResource(root=str(settings.root_path.resolve())),
-    },
+    resources=build_resources(),
 )

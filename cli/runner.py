@@ -42,12 +42,14 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], symbol: str
         "lakehouse/launched_by": "cli",
         **(tags or {}),
     }
+    from definitions import build_resources
+
     try:
         result = materialize(
             assets=list(defs.assets or []) + list(defs.asset_checks or []),
             selection=[AssetKey(s) for s in selection],
             instance=instance,
-            resources=dict(defs.resources or {}),
+            resources=build_resources(),
             tags=run_tags,
             raise_on_error=False,
             # The CLI shows its own progress; Dagster's per-event console log would drown it.

@@ -28,7 +28,9 @@ def storage(root):
 
 @pytest.fixture
 def instance(tmp_path):
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as inst:
         yield inst
 
 

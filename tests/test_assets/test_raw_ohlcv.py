@@ -1,0 +1,58 @@
+import datetime as dt
+
+from dagster import DagsterEventType, EventRecordsFilter, AssetKey, materialize
+
+from assets.partitions import partition_key
+from assets.raw import raw_ohlcv
+from lakehouse.schema import RAW_OHLCV
+from resources import SimulatedExchangeResource
+
+from helpers import NOW_MS, add_symbols
+
+D1 = dt.date(2024, 1, 1)
+
+
+def resources(lakehouse_resource):
+    return {"exchange": SimulatedExchangeResource(outage_rate=0.0, now_ms=NOW_MS), "lakehouse": lakehouse_resource}
+
+
+def test_single_partition_materialization_reports_what_users_want(instance, storage, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT")
+    result = materialize([raw_ohlcv], partition_key=partition_key("BTC/USDT", D1),
+                         resources=resources(lakehouse_resource), instance=instance)
+    assert result.success
+    md = result.asset_materializations_for_node(RAW_OHLCV)[0].metadata
+    assert {k: md[k].value for k in ("candles", "expected", "missing_minutes", "requests", "rate_limited_429")} == {
+        "candles": 1440, "expected": 1440, "missing_minutes": 0, "requests": 2, "rate_limited_429": 0}
+    assert md["first_candle"].value == "2024-01-01T00:00:00Z"
+    assert md["last_candle"].value == "2024-01-01T23:59:00Z"
+    assert "duration_s" in md
+    assert storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", D1).height == 1440
+
+
+def test_range_run_is_one_run_with_a_materialization_per_day(instance, storage, lakehouse_resource):
+    add_symbols(instance, "ETH/USDT")
+    result = materialize(
+        [raw_ohlcv], resources=resources(lakehouse_resource), instance=instance,
+        tags={"dagster/asset_partition_range_start": "2024-01-01|ETH/USDT",
+              "dagster/asset_partition_range_end": "2024-01-04|ETH/USDT"},
+    )
+    assert result.success
+    mats = result.asset_materializations_for_node(RAW_OHLCV)
+    assert sorted(m.partition for m in mats) == [f"2024-01-0{i}|ETH/USDT" for i in range(1, 5)]
+    assert mats[0].metadata["requests"].value == 6  # 5760 candles in one pass: ceil(5760 / 1000)
+    observations = instance.fetch_observations(AssetKey(RAW_OHLCV), limit=10).records
+    assert sorted(o.partition_key for o in observations) == [f"2024-01-0{i}|ETH/USDT" for i in range(1, 5)]
+    assert [s.ref.day for s in storage.list_partitions(RAW_OHLCV)] == [D1 + dt.timedelta(days=i) for i in range(4)]
+
+
+def test_unknown_symbol_fails_fast_without_retries(instance, storage, lakehouse_resource):
+    add_symbols(instance, "NOPE/USDT")  # dynamic partitions accept anything; the asset must refuse it
+    result = materialize([raw_ohlcv], partition_key=partition_key("NOPE/USDT", D1),
+                         resources=resources(lakehouse_resource), instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "does not list NOPE/USDT" in failure.step_failure_data.error.message
+    restarts = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+    assert restarts == []
+    assert list(storage.list_partitions(RAW_OHLCV)) == []

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+from dagster import DagsterInstance
+
+from assets.partitions import SYMBOLS_PARTITION
+from cli.main import cli
+from lakehouse.registry import Registry
+
+
+@pytest.fixture
+def run(monkeypatch):
+    def invoke(*args):
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def tracked():
+    return DagsterInstance.get().get_dynamic_partitions(SYMBOLS_PARTITION)
+
+
+def test_add_list_remove(run, tmp_path):
+    result = run("symbols", "add", "btc/usdt", "ETH/USDT", "--start", "2024-01-01")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "added BTC/USDT on simulated from 2024-01-01 (listed 2017-08-17)",
+        "added ETH/USDT on simulated from 2024-01-01 (listed 2017-08-17)",
+    ]
+    assert sorted(tracked()) == ["BTC/USDT", "ETH/USDT"]
+    listed = json.loads(run("symbols", "list", "--json").output)
+    assert [(r["symbol"], r["start"], r["in_dagster"]) for r in listed] == [
+        ("BTC/USDT", "2024-01-01", True), ("ETH/USDT", "2024-01-01", True)]
+    assert run("symbols", "remove", "ETH/USDT").exit_code == 0
+    assert tracked() == ["BTC/USDT"]
+
+
+def test_unknown_symbol_is_a_clear_error_and_nothing_is_added(run, tmp_path):
+    result = run("symbols", "add", "BTC/USDT", "FOO/USDT")
+    assert result.exit_code == 2
+    assert "simulated does not list FOO/USDT" in result.output and "Nothing was added" in result.output
+    assert tracked() == []
+    assert Registry(tmp_path / "lake").load() == {}
+
+
+@pytest.mark.parametrize("symbol", ["../../etc/passwd", "BTC\\USDT", "BTC|USDT"])
+def test_symbol_with_path_characters_is_refused(run, symbol):
+    result = run("symbols", "add", symbol)
+    assert result.exit_code == 2
+    assert "invalid symbol" in result.output
+    assert tracked() == []
+
+
+def test_start_before_listing_is_clamped_and_said(run):
+    result = run("symbols", "add", "SOL/USDT", "--start", "2019-01-01")
+    assert result.exit_code == 0
+    assert "SOL/USDT: start 2019-01-01 is before its listing on 2020-08-11; history starts 2020-08-11." in result.output
+    assert "added SOL/USDT on simulated from 2020-08-11" in result.output
+
+
+def test_unknown_exchange_id(run, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_EXCHANGE", "binanse")
+    result = run("symbols", "add", "BTC/USDT")
+    assert result.exit_code == 2
+    assert "unknown exchange 'binanse'. Did you mean binance" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start", "2024-02-30"], "invalid --start '2024-02-30': expected YYYY-MM-DD"),
+    (["--start", "yesterday"], "invalid --start 'yesterday'"),
+    (["--start", "2024-01-05", "--end", "2024-01-01"], "start 2024-01-05 is after end 2024-01-01"),
+    (["--symbols", "XRP/USDT"], "not tracked: XRP/USDT; add with: lakehouse symbols add XRP/USDT"),
+    (["--assets", "bogus"], "unknown asset(s) bogus"),
+])
+def test_backfill_usage_errors_exit_2_and_write_nothing(run, tmp_path, args, message):
+    assert run("symbols", "add", "BTC/USDT", "--start", "2024-01-01").exit_code == 0
+    result = run("backfill", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "lake" / "raw_ohlcv").exists()
+
+
+def test_backfill_succeeds_with_progress_and_summary(run):
+    run("symbols", "add", "BTC/USDT", "ETH/USDT", "--start", "2024-01-01")
+    result = run("backfill", "--start", "2024-01-01", "--end", "2024-01-03", "--assets", "raw_ohlcv")
+    assert result.exit_code == 0, result.output
+    assert "backfill: 6/6 done (0 failed)" in result.output
+    assert result.output.splitlines()[-1] == "6 partitions x 1 asset(s) in 2 run(s): 2 succeeded, 0 failed"
+    out = run("query", "select symbol, count(*) as n from raw_ohlcv group by 1 order by 1", "--format", "csv")
+    assert out.output == "symbol,n\nBTC/USDT,4320\nETH/USDT,4320\n"
+
+
+def test_backfill_failure_exits_1_naming_what_failed(run):
+    run("symbols", "add", "BTC/USDT", "--start", "2024-01-01")
+    DagsterInstance.get().add_dynamic_partitions(SYMBOLS_PARTITION, ["NOPE/USDT"])  # added behind our back
+    result = run("backfill", "--start", "2024-01-01", "--end", "2024-01-02", "--assets", "raw_ohlcv", "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert (summary["succeeded_runs"], summary["failed_runs"]) == (1, 1)
+    failed = summary["failed"][0]
+    assert (failed["symbol"], failed["start"], failed["end"]) == ("NOPE/USDT", "2024-01-01", "2024-01-02")
+    assert "does not list NOPE/USDT" in failed["error"]
+
+
+def test_query_formats_and_bad_sql(run):
+    assert run("query", "select 1 as a, 'x' as b", "--format", "json").output.strip() == '[\n  {\n    "a": 1,\n    "b": "x"\n  }\n]'
+    bad = run("query", "select * from nowhere")
+    assert bad.exit_code == 2 and "query failed" in bad.output

@@ -29,16 +29,18 @@ def connect(storage: Storage) -> duckdb.DuckDBPyConnection:
 def layer_sql(storage: Storage, layer: str, schema: dict) -> str:
     layer_dir = storage.root / layer
     if layer_dir.exists() and any(layer_dir.rglob("*.parquet")):
-        src = f"read_parquet('{storage.glob(layer)}', hive_partitioning = true, union_by_name = true)"
+        src = (f"read_parquet('{storage.glob(layer)}', hive_partitioning = true, union_by_name = true, "
+               f"hive_types = {{'date': DATE}})")
         # The path's symbol=BTC-USDT is the encoded form; the file column holds the unified BTC/USDT,
         # and DuckDB lets the path win, so read the file's value back from the path's encoding.
         select = ", ".join(
             "replace(\"symbol\", '-', '/') AS \"symbol\"" if c == "symbol" and "symbol" in schema else f'"{c}"'
             for c in schema
         )
-        return f"SELECT {select} FROM {src}"
+        # `date` comes from the path: filtering on it prunes files before any is opened.
+        return f"SELECT {select}, \"date\" FROM {src}"
     typed = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in schema.items())
-    return f"SELECT {typed} WHERE false"
+    return f"SELECT {typed}, CAST(NULL AS DATE) AS \"date\" WHERE false"
 
 
 def query(storage: Storage, sql: str):

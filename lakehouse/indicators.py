@@ -111,7 +111,9 @@ def compute_indicators(
     (history_days_needed days). Values are null where the symbol has too little history for them, and
     warmup_ok says that the bar had its full WARMUP_BARS, hence values independent of where history starts.
     """
-    if bars.height and bars.select(pl.struct("exchange", "symbol").n_unique()).item() > 1:
+    if bars.height and bars.select(
+        ((pl.col("exchange") != pl.col("exchange").first()) | (pl.col("symbol") != pl.col("symbol").first())).any()
+    ).item():
         raise ValueError("compute_indicators takes the bars of one (exchange, symbol); split them first")
     start_ms, end_ms = to_ms(start), to_ms(end)
     frames = []

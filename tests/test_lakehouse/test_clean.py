@@ -30,7 +30,8 @@ def raw(*rows):
 
 
 def simulated_raw(days=1):
-    arr = SimulatedSource(outage_rate=0.0).candles("BTC/USDT", day_start_ms(T0.date()), day_start_ms(T0.date()) + days * 86_400_000)
+    start = day_start_ms(T0.date())
+    arr = SimulatedSource(outage_rate=0.0).candles("BTC/USDT", start, start + days * 86_400_000)
     return pl.DataFrame({
         "timestamp": pl.Series(arr[:, 0].astype(np.int64)).cast(pl.Datetime("ms", "UTC")),
         "open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3], "close": arr[:, 4], "volume": arr[:, 5],

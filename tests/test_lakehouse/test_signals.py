@@ -126,7 +126,8 @@ def test_day_window_with_the_previous_day_equals_one_shot(simulated_indicators):
                         start=d, end=d + dt.timedelta(days=1))
         for d in (FIRST + dt.timedelta(days=i) for i in range(1, 4))
     ]).sort("exchange", "symbol", "interval", "timestamp", "rule")
-    expected = full.filter(ts >= FIRST + dt.timedelta(days=1)).sort("exchange", "symbol", "interval", "timestamp", "rule")
+    expected = full.filter(ts >= FIRST + dt.timedelta(days=1))
+    expected = expected.sort("exchange", "symbol", "interval", "timestamp", "rule")
     assert by_day.height > 100 and by_day.equals(expected)
 
 

@@ -150,7 +150,7 @@ class CcxtExchange(Exchange):
                 return result
             except ccxt.BadSymbol as exc:
                 raise UnknownSymbolError(f"{self.id}: {exc}") from exc
-            except ccxt.DDoSProtection as exc:
+            except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
                 # ccxt raises DDoSProtection for both 429 and 418; the header tells how long to stay away.
                 headers = self.client.last_response_headers or {}
                 self.governor.after_response(headers)
@@ -161,7 +161,8 @@ class CcxtExchange(Exchange):
                 else:
                     self.stats.rate_limited += 1
                 error = RateLimitedError(f"{self.id} rate limit: {exc}", retry_after, banned)
-            except (ccxt.RequestTimeout, ccxt.NetworkError, ccxt.ExchangeNotAvailable, ccxt.OnMaintenance) as exc:
+            except ccxt.OperationFailed as exc:
+                # ccxt's family of failures that may pass: network, timeouts, 5xx, maintenance, bad responses.
                 error = TransientExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}")
             except TransientExchangeError as exc:
                 error = exc
@@ -213,18 +214,17 @@ class CcxtExchange(Exchange):
             page = self.client.fetch_ohlcv(
                 symbol, "1m", since=since_ms, limit=min(limit, self.page_limit), params={"until": until_ms}
             )
-            if not page:
-                # ccxt returns [] for a 200 whose body is truncated, empty or HTML: only a real JSON list
-                # that is empty means the exchange has nothing there.
-                body = self.client.last_http_response
-                try:
-                    parsed = json.loads(body) if body else None
-                except ValueError:
-                    parsed = None
-                if parsed != []:
-                    raise TransientExchangeError(
-                        f"{self.id}: malformed 200 response for {symbol} klines: {str(body)[:80]!r}"
-                    )
+            # ccxt is lenient with bodies: a 200 that is truncated, empty or HTML comes back as [] or as
+            # half-parsed junk without raising. Only a body that is a well-formed JSON list is an answer.
+            body = self.client.last_http_response
+            try:
+                parsed = json.loads(body) if body else None
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, list) or len(parsed) != len(page):
+                raise TransientExchangeError(
+                    f"{self.id}: malformed 200 response for {symbol} klines: {str(body)[:80]!r}"
+                )
             return page
 
         return self._call(fetch, weight=_KLINES_WEIGHT)

@@ -6,13 +6,12 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import tempfile
-from pathlib import Path
 
 from .errors import ConfigError
+from .storage import Storage
 from .symbols import validate_symbol
 
-REGISTRY_FILE = "_meta/symbols.json"
+REGISTRY_FILE = "symbols.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,15 +31,17 @@ class TrackedSymbol:
 
 class Registry:
     def __init__(self, root: str | os.PathLike):
-        self.path = Path(root).expanduser().resolve() / REGISTRY_FILE
+        self.storage = Storage(root)
 
     def load(self) -> dict[str, TrackedSymbol]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        body = self.storage.read_meta(REGISTRY_FILE)
+        if body is None:
             return {}
+        try:
+            raw = json.loads(body)
         except ValueError as exc:
-            raise ConfigError(f"{self.path} is not valid JSON ({exc}); fix or delete it") from None
+            path = self.storage.meta_path(REGISTRY_FILE)
+            raise ConfigError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
         out = {}
         for item in raw.get("symbols", []):
             out[item["symbol"]] = TrackedSymbol(
@@ -53,12 +54,8 @@ class Registry:
         return out
 
     def _save(self, entries: dict[str, TrackedSymbol]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"symbols": [e.as_dict() for e in sorted(entries.values(), key=lambda e: e.symbol)]}, indent=2)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
-        os.replace(tmp, self.path)
+        self.storage.write_meta(REGISTRY_FILE, body.encode())
 
     def upsert(self, entry: TrackedSymbol) -> None:
         entries = self.load()

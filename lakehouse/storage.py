@@ -21,6 +21,7 @@ from .symbols import decode_symbol, encode_symbol
 from .timeutil import parse_day
 
 PART_FILE = "part.parquet"
+META_DIR = "_meta"
 _TMP_PREFIX = ".tmp-"
 
 
@@ -91,6 +92,34 @@ class Storage:
             return True
         except FileNotFoundError:
             return False
+
+    # small metadata documents (registry, audit state) ------------------------------------------
+    def meta_path(self, name: str) -> Path:
+        path = (self.root / META_DIR / name).resolve()
+        if (self.root / META_DIR).resolve() not in path.parents:
+            raise StorageError(f"refusing a metadata path outside {self.root / META_DIR}: {name!r}")
+        return path
+
+    def read_meta(self, name: str) -> bytes | None:
+        try:
+            return self.meta_path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_meta(self, name: str, data: bytes) -> None:
+        """Replace a metadata document atomically (same temp + fsync + rename as partitions)."""
+        path = self.meta_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # reads -----------------------------------------------------------------------------------
     def read_partition(self, layer: str, exchange: str, symbol: str, day: dt.date) -> pl.DataFrame | None:

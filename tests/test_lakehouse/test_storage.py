@@ -68,3 +68,13 @@ def test_read_range_skips_missing_days(storage):
     df = storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY - dt.timedelta(days=3), DAY + dt.timedelta(days=3))
     assert df.height == 2
     assert Storage(storage.root / "nowhere").read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY, DAY).height == 0
+
+
+def test_meta_documents_are_atomic_and_confined(storage):
+    assert storage.read_meta("state.json") is None
+    storage.write_meta("state.json", b'{"a": 1}')
+    storage.write_meta("state.json", b'{"a": 2}')
+    assert storage.read_meta("state.json") == b'{"a": 2}'
+    assert sorted(os.listdir(storage.root / "_meta")) == ["state.json"]
+    with pytest.raises(StorageError, match="outside"):
+        storage.write_meta("../escape.json", b"x")

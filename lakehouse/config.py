@@ -42,6 +42,12 @@ class Settings:
     stale_lag_minutes: float = 5.0
     repair_interval_s: int = 60
     webhook_url: str | None = None
+    # A refetch that returns the same gaps is retried after retry_delay_minutes, doubling up to the max;
+    # after gap_confirm_attempts identical answers the gap is recorded as confirmed at the source.
+    gap_confirm_attempts: int = 3
+    retry_delay_minutes: float = 15.0
+    retry_max_delay_minutes: float = 360.0
+    repair_max_runs: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -75,6 +81,10 @@ class Settings:
             stale_lag_minutes=_float(env, "LAKEHOUSE_STALE_LAG_MINUTES", cls.stale_lag_minutes),
             repair_interval_s=int(_float(env, "LAKEHOUSE_REPAIR_INTERVAL_S", cls.repair_interval_s, 1)),
             webhook_url=(env.get("LAKEHOUSE_WEBHOOK_URL") or "").strip() or None,
+            gap_confirm_attempts=int(_float(env, "LAKEHOUSE_GAP_CONFIRM_ATTEMPTS", cls.gap_confirm_attempts, 1)),
+            retry_delay_minutes=_float(env, "LAKEHOUSE_RETRY_DELAY_MINUTES", cls.retry_delay_minutes),
+            retry_max_delay_minutes=_float(env, "LAKEHOUSE_RETRY_MAX_DELAY_MINUTES", cls.retry_max_delay_minutes),
+            repair_max_runs=int(_float(env, "LAKEHOUSE_REPAIR_MAX_RUNS", cls.repair_max_runs, 1)),
         )
 
     @property

@@ -194,6 +194,45 @@ class Storage:
                     pass
         return total
 
+    def stat_days(self, layer: str, exchange: str, symbol: str) -> dict[str, tuple[int, int]]:
+        """{'YYYY-MM-DD': (size, mtime_ns)} of one symbol's partition files: one scandir and one stat per file.
+
+        The audit calls this every tick for every symbol, so it builds no Path or PartitionStat objects
+        (list_partitions is ~5x slower over 36,500 files).
+        """
+        out: dict[str, tuple[int, int]] = {}
+        try:
+            fd = os.open(self.symbol_dir(layer, exchange, symbol), os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return out
+        try:
+            # Relative to the folder's descriptor: the kernel does not walk the long absolute path 36,500 times.
+            with os.scandir(fd) as it:
+                names = [e.name for e in it if e.name.startswith("date=")]
+            tail = os.sep + PART_FILE
+            for name in names:
+                try:
+                    st = os.stat(name + tail, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                out[name[5:]] = (st.st_size, st.st_mtime_ns)
+        finally:
+            os.close(fd)
+        return out
+
+    def read_stored(self, path: str | os.PathLike) -> pl.DataFrame:
+        """A partition file exactly as stored (not conformed to its schema), read in full so a torn page raises
+        CorruptPartitionError. For the audit, which checks columns itself: about twice as fast as read_partition."""
+        if not str(path).startswith(str(self.root) + os.sep):
+            raise StorageError(f"refusing a path outside the lakehouse root: {path}")
+        try:
+            # One small file per call: polars' own threads cost more than they save here.
+            return pl.read_parquet(path, parallel="none")
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise CorruptPartitionError(f"{path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+
 
 def _subdirs(path: Path, prefix: str) -> Iterator[Path]:
     try:

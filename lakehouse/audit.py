@@ -319,7 +319,6 @@ class Audit:
             e["requested"] = True
             e["requested_stat"] = list(self._stats.get(key)) if self._stats.get(key) else None
             e["requested_at"] = self.wall_ms
-            e["next_retry"] = self.wall_ms + retry_delay_ms(self.settings, e["requests"])
             ledger.pending[key] = e
             ledger.dirty = True
         ledger.save()
@@ -550,7 +549,6 @@ class Auditor:
                 e["attempts"] = e.get("attempts", 0) + 1
                 e["last_checked"] = wall
                 e["requested"] = False
-                e["next_retry"] = wall + retry_delay_ms(self.settings, e["attempts"])
                 ledger.dirty = True
             elif not same:
                 del ledger.pending[key]  # something else is wrong now: start counting afresh
@@ -565,7 +563,15 @@ class Auditor:
                 return finding, True
             if state == INVALID:
                 return dataclasses.replace(finding, in_flight=in_flight, gave_up=True), False
-        retry_at = e.get("next_retry") if e is not None and wall < e.get("next_retry", 0) else None
+        retry_at = None
+        if e is not None:
+            # Computed from the current settings, so changing the delays applies to waits already under way.
+            if e.get("requested"):  # asked for and nothing landed: the run failed or wrote nothing
+                retry_at = (e.get("requested_at") or 0) + retry_delay_ms(self.settings, e.get("requests", 1))
+            else:  # the source answered the same as before
+                retry_at = (e.get("last_checked") or 0) + retry_delay_ms(self.settings, e.get("attempts", 0))
+            if retry_at <= wall:
+                retry_at = None
         return dataclasses.replace(finding, in_flight=in_flight, retry_at_ms=retry_at), False
 
     def _plan_symbol(self, exchange: str, symbol: str, by_day: dict[str, dict[str, Finding]]) -> list[RepairRequest]:

@@ -385,6 +385,13 @@ def dev(host, port, demo):
     os.execv(dagster, [dagster, "dev", "-h", host, "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")])
 
 
+from .repair import gaps, repair, status  # noqa: E402  (cli.repair imports UsageFailure from here)
+
+cli.add_command(status)
+cli.add_command(gaps)
+cli.add_command(repair)
+
+
 def main():
     cli()
 

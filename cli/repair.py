@@ -1,0 +1,194 @@
+"""`lakehouse status`, `gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status).
+
+Planning and execution are separate steps (`plan_repair`, then `execute_plan`), so another executor (e.g. a
+remote Dagster) can run the same plan.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from lakehouse.audit import Audit, RepairRequest
+from lakehouse.errors import UserInputError
+from lakehouse.schema import RAW_OHLCV
+from lakehouse.symbols import validate_symbol
+
+from .main import UsageFailure, get_instance, load_defs, settings
+
+
+def _resources() -> dict:
+    from definitions import build_resources
+
+    return build_resources()
+
+
+def _audit(layers=None) -> tuple[object, object, Audit]:
+    """One audit as the sensor would run it now: (instance, defs, audit)."""
+    from sensors.repair import audit_now
+
+    s = settings()
+    instance = get_instance()
+    defs = load_defs()
+    res = _resources()
+    asset_graph = defs.get_repository_def().asset_graph
+    audit, _ = audit_now(instance, res["lakehouse"], res["exchange"], asset_graph, s, layers=layers)
+    return instance, defs, audit
+
+
+def plan_repair(layers=None) -> tuple[object, object, Audit]:
+    """Audit now; the plan is `audit.plan` (every range run the lakehouse needs, nothing in flight)."""
+    return _audit(layers)
+
+
+def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None) -> list:
+    """Run each planned request in-process and synchronously, in order; returns cli.runner.RangeOutcome's."""
+    from sensors.repair import request_tags, selection_for
+
+    from .runner import RANGE_END_TAG, RANGE_START_TAG, run_plan
+
+    asset_graph = defs.get_repository_def().asset_graph
+    audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
+    outcomes = []
+    for r in requests:
+        keys, _checks = selection_for(r, asset_graph)
+        tags = {k: v for k, v in request_tags(r, audit.summary(), "lakehouse repair").items()
+                if k not in (RANGE_START_TAG, RANGE_END_TAG)}
+        outcomes += run_plan(instance, defs, [k.to_user_string() for k in keys], {r.symbol: r.day_list()},
+                             display, tags=tags)
+    return outcomes
+
+
+def _echo_err(as_json: bool):
+    return (lambda m: click.echo(m, err=True)) if as_json else click.echo
+
+
+# status ------------------------------------------------------------------------------------------
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(as_json):
+    """One row per tracked symbol: candles, coverage, gaps, freshness and the last run.
+
+    Freshness tiers: fresh < LAKEHOUSE_FRESHNESS_WARN_HOURS (2 h) <= aging < LAKEHOUSE_FRESHNESS_FAIL_HOURS
+    (24 h) <= stale, by the age of the newest candle.
+
+    \b
+    Example:
+        lakehouse status --json
+    """
+    from lakehouse.status import symbol_rows
+    from sensors.repair import last_runs_by_symbol
+
+    instance, _defs, audit = _audit()
+    rows = symbol_rows(audit, last_runs_by_symbol(instance))
+    if as_json:
+        click.echo(json.dumps({"symbols": rows, "audit": audit.summary(), "counts": audit.counts()}, indent=2))
+        return
+    if not rows:
+        click.echo("no symbols tracked; add one with: lakehouse symbols add BTC/USDT --start 2024-01-01")
+        return
+    header = f"{'SYMBOL':<12} {'FIRST CANDLE':<20} {'LAST CANDLE':<20} {'DAYS':>9} {'COMPLETE':>9} " \
+             f"{'SOURCE GAPS':>14} {'OPEN GAPS':>14} {'FRESHNESS':<9} LAST RUN"
+    click.echo(header)
+    for r in rows:
+        run = r["last_run"]
+        click.echo(
+            f"{r['symbol']:<12} {r['first_candle'] or '-':<20} {r['last_candle'] or '-':<20} "
+            f"{str(r['days_covered']) + '/' + str(r['days_expected']):>9} {r['completeness_pct']:>8.3f}% "
+            f"{str(r['confirmed_gaps']) + ' / ' + str(r['confirmed_gap_minutes']) + 'm':>14} "
+            f"{str(r['open_gaps']) + ' / ' + str(r['open_gap_minutes']) + 'm':>14} {r['freshness']:<9} "
+            f"{(run['status'] + ' ' + run['at']) if run else '-'}"
+        )
+    click.echo(f"audit: {audit.summary()}")
+
+
+# gaps --------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("symbol")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def gaps(symbol, as_json):
+    """List a symbol's gaps: start, end, minutes, and whether the source confirmed it has no candles there.
+
+    A gap is confirmed after LAKEHOUSE_GAP_CONFIRM_ATTEMPTS refetches returned the same candles; "missing"
+    and "unreadable" gaps are whole days without a usable file.
+
+    \b
+    Example:
+        lakehouse gaps BTC/USDT --json
+    """
+    from lakehouse.status import gap_rows
+
+    try:
+        symbol = validate_symbol(symbol)
+    except UserInputError as exc:
+        raise UsageFailure(str(exc)) from None
+    _instance, _defs, audit = _audit(layers=[RAW_OHLCV])
+    if symbol not in audit.coverage:
+        raise UsageFailure(f"{symbol} is not tracked; see 'lakehouse symbols list'")
+    rows = gap_rows(audit, symbol)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"{symbol}: no gaps")
+        return
+    for g in rows:
+        how = (f"confirmed at source ({g['checks']} refetches, last {g['last_checked']})" if g["confirmed_at_source"]
+               else f"open ({g['kind']}" + (f", {g['checks']} identical refetches" if g["checks"] else "") + ")")
+        click.echo(f"{g['start']}  {g['end']}  {g['minutes']:>6} min  {how}")
+    total = sum(g["minutes"] for g in rows)
+    click.echo(f"{len(rows)} gap(s), {total} minutes; {sum(1 for g in rows if g['confirmed_at_source'])} confirmed at source")
+
+
+# repair ------------------------------------------------------------------------------------------
+def _plan_lines(plan: list[RepairRequest]) -> list[str]:
+    return [f"{r.action:<8} {r.symbol:<12} {r.start}..{r.end} ({r.days} day(s)): {r.reasons_text}; "
+            f"{', '.join(r.layers)}" for r in plan]
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable plan (and outcome) at the end.")
+def repair(dry_run, as_json):
+    """Audit now and run exactly what it finds, synchronously: exit 0 only if every planned run succeeded.
+
+    Raw partitions that are missing, incomplete, stale or invalid are re-fetched (with their derived layers);
+    derived partitions that are missing, invalid or outdated are rebuilt from upstream. Partitions that a
+    queued or running run already covers, or that wait for a retry, are left alone.
+
+    \b
+    Example:
+        lakehouse repair --dry-run
+        lakehouse repair --json
+    """
+    from .progress import ProgressDisplay
+
+    instance, defs, audit = plan_repair()
+    plan = audit.plan
+    echo = _echo_err(as_json)
+    doc = {"audit": audit.summary(), "counts": audit.counts(), "plan": [r.as_dict() for r in plan], "dry_run": dry_run}
+    if not plan:
+        echo(f"nothing to repair: {audit.summary()}")
+    else:
+        echo(f"{audit.summary()}\nplan: {len(plan)} run(s)")
+        for line in _plan_lines(plan):
+            echo(f"  {line}")
+    if dry_run or not plan:
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        return
+    total = sum(r.days * len(r.layers) for r in plan)
+    with ProgressDisplay(total, "repair") as display:
+        outcomes = execute_plan(instance, defs, audit, plan, display)
+    failed = [o for o in outcomes if not o.success]
+    doc.update(runs=[o.as_dict() for o in outcomes], failed_runs=len(failed), succeeded=not failed)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"{len(outcomes)} run(s): {len(outcomes) - len(failed)} succeeded, {len(failed)} failed")
+        for o in failed:
+            click.echo(f"FAILED {o.symbol} {o.start}..{o.end} (run {o.run_id}): {o.error}", err=True)
+    sys.exit(1 if failed else 0)
+

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
-from .schema import LAYERS
-from .storage import Storage
+from .schema import LAYERS, UNPARTITIONED_LAYERS
+from .storage import PART_FILE, Storage
 
 _DUCK_TYPES = {"Float64": "DOUBLE", "String": "VARCHAR", "Int64": "BIGINT", "Int32": "INTEGER",
                "Int8": "TINYINT", "Boolean": "BOOLEAN", "Date": "DATE"}
@@ -27,8 +27,10 @@ def connect(storage: Storage) -> duckdb.DuckDBPyConnection:
 
 
 def layer_sql(storage: Storage, layer: str, schema: dict) -> str:
+    if layer in UNPARTITIONED_LAYERS:
+        return _table_sql(storage, layer, schema)
     layer_dir = storage.root / layer
-    if layer_dir.exists() and any(layer_dir.rglob("*.parquet")):
+    if layer_dir.exists() and any(layer_dir.glob(f"exchange=*/symbol=*/date=*/{PART_FILE}")):
         src = (f"read_parquet('{storage.glob(layer)}', hive_partitioning = true, union_by_name = true, "
                f"hive_types = {{'date': DATE}})")
         # The path's symbol=BTC-USDT is the encoded form; the file column holds the unified BTC/USDT,
@@ -41,6 +43,16 @@ def layer_sql(storage: Storage, layer: str, schema: dict) -> str:
         return f"SELECT {select}, \"date\" FROM {src}"
     typed = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in schema.items())
     return f"SELECT {typed}, CAST(NULL AS DATE) AS \"date\" WHERE false"
+
+
+def _table_sql(storage: Storage, layer: str, schema: dict) -> str:
+    """An unpartitioned layer (scores) is one file with no path columns: its view has no `date`."""
+    path = storage.table_path(layer)
+    if path.exists():
+        select = ", ".join(f'"{c}"' for c in schema)
+        return f"SELECT {select} FROM read_parquet('{path}')"
+    typed = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in schema.items())
+    return f"SELECT {typed} WHERE false"
 
 
 def query(storage: Storage, sql: str):

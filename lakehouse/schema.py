@@ -94,6 +94,9 @@ LAYERS.update({
     SCORES: SCORES_SCHEMA,
 })
 
+# Layers kept as one file ({root}/{layer}/part.parquet, Storage.write_table) rather than per symbol x day.
+UNPARTITIONED_LAYERS: frozenset[str] = frozenset({SCORES})
+
 
 def empty(layer: str) -> pl.DataFrame:
     return pl.DataFrame(schema=LAYERS[layer])

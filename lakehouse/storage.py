@@ -11,12 +11,12 @@ import datetime as dt
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import polars as pl
 
 from .errors import CorruptPartitionError, StorageError
-from .schema import LAYERS, conform, empty
+from .schema import LAYERS, UNPARTITIONED_LAYERS, conform, empty
 from .symbols import decode_symbol, encode_symbol
 from .timeutil import parse_day
 
@@ -67,22 +67,16 @@ class Storage:
         return self.symbol_dir(layer, exchange, symbol) / f"date={parse_day(day).isoformat()}" / PART_FILE
 
     def glob(self, layer: str) -> str:
-        return str(self._layer_dir(layer) / "**" / "*.parquet")
+        # Exactly the partition files: a writer's .tmp-*.parquet is never half-read by a query.
+        return str(self._layer_dir(layer) / "exchange=*" / "symbol=*" / "date=*" / PART_FILE)
 
     # writes ----------------------------------------------------------------------------------
     def write_partition(self, layer: str, exchange: str, symbol: str, day: dt.date, df: pl.DataFrame) -> Path:
         """Replace the partition's file atomically: readers see the old file or the new one, never a torn one."""
+        if layer in UNPARTITIONED_LAYERS:
+            raise StorageError(f"{layer} is one table, not partitioned by day: use write_table")
         path = self.partition_path(layer, exchange, symbol, day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}.parquet"
-        try:
-            conform(df, layer).write_parquet(tmp, compression="zstd", statistics=True)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _write_parquet_atomic(conform(df, layer), path)
         return path
 
     def delete_partition(self, layer: str, exchange: str, symbol: str, day: dt.date) -> bool:
@@ -92,6 +86,28 @@ class Storage:
             return True
         except FileNotFoundError:
             return False
+
+    # unpartitioned tables (scores): one file per layer, rewritten whole ------------------------
+    def table_path(self, layer: str) -> Path:
+        if layer not in UNPARTITIONED_LAYERS:
+            raise StorageError(f"{layer} is partitioned by symbol x day: use write_partition/read_partition")
+        return self._layer_dir(layer) / PART_FILE
+
+    def write_table(self, layer: str, df: pl.DataFrame) -> Path:
+        """Replace an unpartitioned layer's single file atomically ({root}/{layer}/part.parquet)."""
+        path = self.table_path(layer)
+        _write_parquet_atomic(conform(df, layer), path)
+        return path
+
+    def read_table(self, layer: str) -> pl.DataFrame:
+        """The whole unpartitioned layer; an empty typed frame before its first write."""
+        path = self.table_path(layer)
+        if not path.exists():
+            return empty(layer)
+        try:
+            return conform(pl.read_parquet(path), layer)
+        except Exception as exc:
+            raise CorruptPartitionError(f"{path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
 
     # small metadata documents (registry, audit state) ------------------------------------------
     def meta_path(self, name: str) -> Path:
@@ -132,9 +148,17 @@ class Storage:
             raise CorruptPartitionError(f"{path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
 
     def read_range(
-        self, layer: str, exchange: str, symbol: str, start: dt.date, end: dt.date
+        self, layer: str, exchange: str, symbol: str, start: dt.date, end: dt.date,
+        *, columns: Sequence[str] | None = None, filter: pl.Expr | None = None,
     ) -> pl.DataFrame:
-        """Concatenate the existing partitions of [start, end]; missing days are simply absent."""
+        """Concatenate the existing partitions of [start, end]; missing days are simply absent.
+
+        With `columns` and/or `filter` (a polars expression over the layer's columns), the files are scanned
+        lazily in one pass, so only the wanted rows and columns are materialized: e.g. the 1d bars of 601
+        days of clean_bars without building 601 days of 1m bars.
+        """
+        if columns is not None or filter is not None:
+            return self._scan_range(layer, exchange, symbol, start, end, columns, filter)
         frames = []
         for stat in self.list_partitions(layer, exchange, symbol):
             if start <= stat.ref.day <= end:
@@ -142,6 +166,32 @@ class Storage:
         if not frames:
             return empty(layer)
         return pl.concat(frames, how="vertical").sort("timestamp") if "timestamp" in LAYERS[layer] else pl.concat(frames)
+
+    def _scan_range(self, layer, exchange, symbol, start, end, columns, filter) -> pl.DataFrame:
+        schema = LAYERS[layer]
+        cols = list(columns) if columns is not None else list(schema)
+        unknown = [c for c in cols if c not in schema]
+        if unknown:
+            raise StorageError(f"{layer} has no column(s) {unknown}; known: {list(schema)}")
+        paths = [str(s.path) for s in self.list_partitions(layer, exchange, symbol) if start <= s.ref.day <= end]
+        if not paths:
+            return empty(layer).select(cols)
+        lf = pl.scan_parquet(paths, hive_partitioning=False)
+        if filter is not None:
+            lf = lf.filter(filter)
+        try:
+            df = lf.select([pl.col(c).cast(schema[c]) for c in cols]).collect()
+        except Exception as exc:
+            for path in paths:  # name the torn file, as read_partition would
+                try:
+                    pl.read_parquet_schema(path)
+                except Exception as inner:
+                    raise CorruptPartitionError(
+                        f"{path} is unreadable ({inner.__class__.__name__}: {inner})") from inner
+            raise StorageError(f"reading {layer} {symbol} {start}..{end} failed: {exc}") from exc
+        if "timestamp" in cols and not df.get_column("timestamp").is_sorted():
+            df = df.sort("timestamp", maintain_order=True)
+        return df
 
     def list_partitions(
         self, layer: str, exchange: str | None = None, symbol: str | None = None
@@ -232,6 +282,20 @@ class Storage:
             raise
         except Exception as exc:
             raise CorruptPartitionError(f"{path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
+    """Readers see the old file or the new one, never a torn one: temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+    try:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _subdirs(path: Path, prefix: str) -> Iterator[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from assets.derived import DERIVED_ASSETS
 from assets.raw import raw_ohlcv
 from lakehouse.config import Settings
 from resources import LakehouseResource, exchange_resource
@@ -19,7 +20,7 @@ def build_resources(settings: Settings | None = None) -> dict:
 
 
 defs = Definitions(
-    assets=[raw_ohlcv],
+    assets=[raw_ohlcv, *DERIVED_ASSETS],
     resources=build_resources(),
 )
 

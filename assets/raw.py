@@ -22,6 +22,7 @@ from lakehouse.schema import RAW_OHLCV
 from lakehouse.timeutil import day_start_ms
 from resources import ExchangeResource, LakehouseResource
 
+from .freshness import freshness_policy
 from .partitions import days_by_symbol, partition_key, symbol_day_partitions
 
 EXCHANGE_POOL = "exchange"
@@ -52,6 +53,7 @@ def _resume_filter(context: AssetExecutionContext, storage, exchange_id: str):
     retry_policy=RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
     group_name="market_data",
     kinds={"parquet", "python"},
+    freshness_policy=freshness_policy(),
     description="1-minute OHLCV candles as the exchange sent them; grain: symbol x UTC day; source: ccxt.",
 )
 def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakehouse: LakehouseResource):

@@ -272,6 +272,15 @@ def default_selection(defs) -> list[str]:
     return keys
 
 
+def table_selection(defs) -> list[str]:
+    """Every unpartitioned asset (scores): rebuilt from the latest partitions at the end of each backfill run."""
+    keys = []
+    for assets_def in defs.assets or []:
+        if getattr(assets_def, "partitions_def", None) is None:
+            keys.extend(k.to_user_string() for k in assets_def.keys)
+    return keys
+
+
 @cli.command()
 @click.option("--symbols", "symbol_list", multiple=True, help="Comma-separated symbols; default: every tracked one.")
 @click.option("--start", help="First UTC day (YYYY-MM-DD); default: each symbol's start.")
@@ -282,6 +291,7 @@ def backfill(symbol_list, start, end, asset_list, as_json):
     """Materialize partitions in-process and wait: exit 0 if all succeeded, 1 if any failed, 2 on bad input.
 
     One run per symbol covers its whole day range (fetched in one pass), as a backfill from the UI would.
+    By default every layer is built, raw to signals, and each run ends by rebuilding the scores table.
 
     \b
     Example:
@@ -302,8 +312,9 @@ def backfill(symbol_list, start, end, asset_list, as_json):
     if bad:
         raise UsageFailure(f"unknown asset(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
     partitions = sum(len(d) for d in plan.values())
+    tables = [] if asset_list else table_selection(defs)
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
-        outcomes = run_plan(instance, defs, selection, plan, display)
+        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables)
     failed = [o for o in outcomes if not o.success]
     summary = {
         "partitions": partitions,

@@ -71,8 +71,12 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], symbol: str
     return RangeOutcome(symbol, start, end, result.run_id, result.success, error)
 
 
-def run_plan(instance, defs, selection, plan: dict[str, list[dt.date]], display=None, tags=None) -> list[RangeOutcome]:
-    """Run every contiguous day range of every symbol, advancing `display` as each layer writes a partition."""
+def run_plan(instance, defs, selection, plan: dict[str, list[dt.date]], display=None, tags=None,
+             tables=()) -> list[RangeOutcome]:
+    """Run every contiguous day range of every symbol, advancing `display` as each layer writes a partition.
+
+    `tables` (unpartitioned layers such as scores) are rebuilt at the end of each run; they write no partition,
+    so the progress bar does not count them."""
     outcomes: list[RangeOutcome] = []
     written = [0]
 
@@ -86,7 +90,7 @@ def run_plan(instance, defs, selection, plan: dict[str, list[dt.date]], display=
         for symbol, days in plan.items():
             for start, end in contiguous_ranges(days):
                 written[0] = 0
-                outcome = run_range(instance, defs, selection, symbol, start, end, tags)
+                outcome = run_range(instance, defs, [*selection, *tables], symbol, start, end, tags)
                 outcomes.append(outcome)
                 if not outcome.success and display is not None:
                     # What the failed run did not write counts as failed, so the bar still reaches its total.

@@ -1,0 +1,316 @@
+"""The derived layers through real materializations on a temporary instance: raw -> clean -> indicators ->
+signals -> scores, day-by-day vs one range run, dirty raw data, and the gates that blocking checks close."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+from dagster import AssetKey, DagsterEventType, materialize
+
+import lakehouse
+import lakehouse.resample
+from assets import derived
+from assets.derived import DERIVED_ASSETS, clean, indicators, scores, signals
+from assets.partitions import partition_key
+from assets.raw import raw_ohlcv
+from lakehouse import progress
+from lakehouse.catalog import query
+from lakehouse.gates import Gates
+from lakehouse.schema import (
+    CLEAN_BARS, INDICATOR_COLUMNS, INDICATORS, RAW_OHLCV, REJECTED_CANDLES, SCORES, SIGNALS,
+)
+from resources import SimulatedExchangeResource
+
+from helpers import NOW_MS, add_symbols
+
+D1 = dt.date(2024, 1, 1)
+EX = "simulated"
+LAYERS = (RAW_OHLCV, CLEAN_BARS, REJECTED_CANDLES, INDICATORS, SIGNALS)
+
+
+def resources(lakehouse_resource):
+    return {"exchange": SimulatedExchangeResource(outage_rate=0.0, now_ms=NOW_MS), "lakehouse": lakehouse_resource}
+
+
+def range_tags(symbol, first, last):
+    return {"dagster/asset_partition_range_start": str(partition_key(symbol, first)),
+            "dagster/asset_partition_range_end": str(partition_key(symbol, last))}
+
+
+def run(assets, lakehouse_resource, instance, *, key=None, tags=None, selection=None):
+    return materialize(assets, partition_key=str(key) if key else None, tags=tags, selection=selection,
+                       resources=resources(lakehouse_resource), instance=instance, raise_on_error=False)
+
+
+def mats(result, layer):
+    """{partition: metadata} of the layer's materializations in a run (multi-asset steps included)."""
+    found = (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
+    return {m.partition: m.metadata for m in found if m.asset_key == AssetKey(layer)}
+
+
+def check_evaluations(result):
+    return {(e.event_specific_data.asset_key.to_user_string(), e.event_specific_data.check_name): e.event_specific_data
+            for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION}
+
+
+def failure_messages(result):
+    out = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            out.append(event.step_key + ": " + " | ".join(e.message for e in _chain(err)))
+    return out
+
+
+def _chain(err):
+    while err is not None:
+        yield err
+        err = err.cause
+
+
+# raw -> scores ---------------------------------------------------------------------------------------------
+def test_range_run_from_raw_to_scores_serves_every_layer(instance, storage, root, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT", "ETH/USDT")
+    events = []
+    with progress.subscribe(events.append):
+        result = run([raw_ohlcv, *DERIVED_ASSETS], lakehouse_resource, instance,
+                     tags=range_tags("BTC/USDT", D1, D1 + dt.timedelta(days=2)))
+        assert result.success, failure_messages(result)
+        eth = run([raw_ohlcv, *DERIVED_ASSETS], lakehouse_resource, instance, key=partition_key("ETH/USDT", D1))
+        assert eth.success, failure_messages(eth)
+
+    # One materialization per partition per layer; every written partition counted by the CLI's progress bar.
+    keys = [f"2024-01-0{i}|BTC/USDT" for i in (1, 2, 3)]
+    for layer in LAYERS:
+        assert sorted(mats(result, layer)) == keys, layer
+        assert sorted((e.symbol, e.day) for e in events if e.kind == "partition_done" and e.layer == layer) == [
+            ("BTC/USDT", f"2024-01-0{i}") for i in (1, 2, 3)] + [("ETH/USDT", "2024-01-01")], layer
+
+    clean_md = mats(result, CLEAN_BARS)[keys[0]]
+    assert {k: clean_md[k].value for k in ("raw_rows", "bars_1m", "bars_1h", "bars_1d", "rejected_rows",
+                                           "expected_minutes", "completeness_pct", "days")} == {
+        "raw_rows": 4320, "bars_1m": 4320, "bars_1h": 72, "bars_1d": 3, "rejected_rows": 0,
+        "expected_minutes": 4320, "completeness_pct": 100.0, "days": 3}
+    ind_md = mats(result, INDICATORS)[keys[0]]
+    warmup = ind_md["warmup"].value
+    assert warmup["1d"] == {"history_days_read": 601, "warmup_bars_needed": 600, "warmup_bars_available": 0,
+                            "rows": 3, "rows_without_full_warmup": 3, "null_values": 39}
+    assert warmup["1m"]["rows_without_full_warmup"] == 600 and "short history" in ind_md["warmup_note"].value
+    assert mats(result, SIGNALS)[keys[0]]["rows"].value > 0
+    # Range runs also record each day's own figures as an observation of that partition.
+    obs = instance.fetch_observations(AssetKey(CLEAN_BARS), limit=10).records
+    assert sorted(o.partition_key for o in obs) == keys
+
+    evaluations = check_evaluations(result)
+    assert set(evaluations) == {(CLEAN_BARS, "ohlc_sanity"), (CLEAN_BARS, "unique_bars"),
+                                (CLEAN_BARS, "rows_accounted"), (CLEAN_BARS, "completeness"),
+                                (INDICATORS, "indicator_sanity"), (SIGNALS, "signals_reference_bars"),
+                                (SCORES, "one_row_per_symbol")}
+    assert all(e.passed for e in evaluations.values())
+    assert Gates(storage).outcomes(CLEAN_BARS, EX, "BTC/USDT")[D1]["ohlc_sanity"].passed
+
+    # Files: one per partition and layer, scores one table with a row per symbol.
+    for layer in LAYERS:
+        assert [s.ref.day for s in storage.list_partitions(layer, EX, "BTC/USDT")] == [
+            D1 + dt.timedelta(days=i) for i in range(3)]
+    table = storage.read_table(SCORES)
+    assert table.get_column("symbol").to_list() == ["BTC/USDT", "ETH/USDT"]
+    btc = table.row(0, named=True)
+    assert btc["interval"] == "1h" and btc["timestamp"].isoformat() == "2024-01-03T23:00:00+00:00"
+    assert -100 <= btc["score"] <= 100 and "EMA9" in btc["ingredients"]
+
+    # The catalog exposes every layer as a view, scores included.
+    counts = query(storage, " union all ".join(
+        f"select '{layer}' as layer, count(*) as n from {layer}" for layer in (*LAYERS, SCORES))).rows()
+    n = dict(counts)
+    assert n[RAW_OHLCV] == 4320 + 1440 and n[REJECTED_CANDLES] == 0 and n[SCORES] == 2
+    assert n[CLEAN_BARS] == 3 * (1440 + 288 + 96 + 24 + 6 + 1) + (1440 + 288 + 96 + 24 + 6 + 1)
+    assert query(storage, "select count(*) from clean_bars where date = '2024-01-02' and interval = '1h' "
+                          "and symbol = 'BTC/USDT'").item() == 24
+
+    # ...and the Python API reads them.
+    bars = lakehouse.read_bars("BTC/USDT", "1h", "2024-01-02", "2024-01-03", root=str(root))
+    assert (bars.height, bars["interval"].unique().to_list(), bars["complete"].all()) == (48, ["1h"], True)
+    ind = lakehouse.read_indicators("BTC/USDT", "1m", "2024-01-03", "2024-01-03", root=str(root))
+    assert ind.height == 1440 and ind["warmup_ok"].all() and ind.select(INDICATOR_COLUMNS).null_count().sum_horizontal().item() == 0
+    sig = lakehouse.read_signals("BTC/USDT", "2024-01-01", "2024-01-03", interval="1h", root=str(root))
+    assert sig.height > 0 and set(sig["interval"]) == {"1h"} and sig["timestamp"].is_sorted()
+    assert lakehouse.read_scores("ETH/USDT", root=str(root)).get_column("symbol").to_list() == ["ETH/USDT"]
+    with pytest.raises(lakehouse.errors.UserInputError, match="unknown interval '2h'"):
+        lakehouse.read_bars("BTC/USDT", "2h", "2024-01-01", root=str(root))
+
+
+# day by day == one range run ---------------------------------------------------------------------------------
+def _snapshot(storage, first, last):
+    return {layer: storage.read_range(layer, EX, "BTC/USDT", first, last).sort(
+        *(["interval"] if layer != REJECTED_CANDLES else []), "timestamp", *(["rule", "direction"] if layer == SIGNALS else []))
+        for layer in (CLEAN_BARS, INDICATORS, SIGNALS)}
+
+
+def test_day_by_day_runs_equal_one_range_run(instance, storage, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT")
+    first, last = D1, D1 + dt.timedelta(days=3)
+    assert run([raw_ohlcv], lakehouse_resource, instance, tags=range_tags("BTC/USDT", first, last)).success
+    derived_assets = [raw_ohlcv, clean, indicators, signals]
+    selection = [CLEAN_BARS, REJECTED_CANDLES, INDICATORS, SIGNALS]
+
+    ranged = run(derived_assets, lakehouse_resource, instance, tags=range_tags("BTC/USDT", first, last),
+                 selection=selection)
+    assert ranged.success, failure_messages(ranged)
+    # The whole range in one step per layer: one read, one warm-up, one pass.
+    assert [e.step_key for e in ranged.all_events if e.event_type == DagsterEventType.STEP_START] == [
+        "clean", "indicators", "signals"]
+    assert len(ranged.asset_materializations_for_node(INDICATORS)) == 4
+    one_pass = _snapshot(storage, first, last)
+
+    for i in range(4):  # the same days again, one single-partition run each, oldest first
+        day = first + dt.timedelta(days=i)
+        result = run(derived_assets, lakehouse_resource, instance, key=partition_key("BTC/USDT", day),
+                     selection=selection)
+        assert result.success, failure_messages(result)
+    daily = _snapshot(storage, first, last)
+
+    assert daily[CLEAN_BARS].equals(one_pass[CLEAN_BARS])
+    a, b = daily[INDICATORS], one_pass[INDICATORS]
+    assert a.select("timestamp", "interval", "close", "warmup_ok").equals(b.select("timestamp", "interval", "close", "warmup_ok"))
+    for col in INDICATOR_COLUMNS:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        assert (np.isnan(x) == np.isnan(y)).all(), col
+        # Day 3's 1m values come from a run anchored 600 bars back, the range's from day 1: equal to ~1e-14.
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9, err_msg=col)
+    assert daily[SIGNALS].equals(one_pass[SIGNALS])
+    assert daily[SIGNALS].height > 0
+
+
+# dirty raw data -------------------------------------------------------------------------------------------
+def _raw_row(minute, o=100.0, h=101.0, lo=99.0, c=100.5, v=5.0, fetched=0, seconds=0, day=D1):
+    ts = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=minute, seconds=seconds)
+    return {"timestamp": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v, "exchange": EX,
+            "symbol": "BTC/USDT", "fetched_at": dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=fetched)}
+
+
+def test_dirty_raw_rows_end_in_rejects_with_their_reason(instance, storage, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT")
+    rows = [_raw_row(m) for m in range(10)]  # 00:00..00:09 good
+    rows += [
+        _raw_row(3),                                   # exact duplicate of 00:03
+        _raw_row(4, c=100.7, fetched=-60),             # conflicting duplicate fetched earlier: loses
+        _raw_row(20, h=98.0, lo=99.0, o=98.5, c=98.5),  # high < low
+        _raw_row(21, v=-1.0),                          # negative volume
+        _raw_row(22, seconds=30),                      # misaligned timestamp
+        _raw_row(23, c=float("nan")),                  # non-finite
+        _raw_row(24, o=102.0),                         # open above high
+        _raw_row(5, day=D1 + dt.timedelta(days=1)),    # a candle of another day stored in this day's file
+    ]
+    storage.write_partition(RAW_OHLCV, EX, "BTC/USDT", D1, pl.DataFrame(rows))
+    result = run([clean], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1))
+    assert result.success, failure_messages(result)  # completeness only warns
+
+    rejects = storage.read_partition(REJECTED_CANDLES, EX, "BTC/USDT", D1)
+    assert sorted(rejects["reason"].to_list()) == sorted([
+        "duplicate", "conflicting_duplicate", "high_below_low", "negative_volume", "misaligned_timestamp",
+        "non_finite", "open_outside_range", "outside_partition_day"])
+    loser = rejects.filter(pl.col("reason") == "conflicting_duplicate").row(0, named=True)
+    assert (loser["close"], loser["timestamp"].minute) == (100.7, 4)  # the raw row, as fetched
+    assert rejects.filter(pl.col("reason") == "negative_volume")["volume"].to_list() == [-1.0]
+
+    bars = storage.read_partition(CLEAN_BARS, EX, "BTC/USDT", D1)
+    one_minute = bars.filter(pl.col("interval") == "1m")
+    assert one_minute.height == 10 and one_minute["timestamp"].is_unique().all()
+    assert len(rows) == one_minute.height + rejects.height  # nothing silently dropped
+    five = bars.filter(pl.col("interval") == "5m").select("candles", "complete").rows()
+    assert five == [(5, True), (5, True)]  # gaps stay gaps: no bar for 00:10..23:59
+
+    md = mats(result, CLEAN_BARS)[str(partition_key("BTC/USDT", D1))]
+    assert {k: md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "rejected_duplicate",
+                                     "rejected_high_below_low", "rejected_misaligned_timestamp",
+                                     "rejected_outside_partition_day", "missing_minutes")} == {
+        "raw_rows": 18, "bars_1m": 10, "rejected_rows": 8, "rejected_duplicate": 1, "rejected_high_below_low": 1,
+        "rejected_misaligned_timestamp": 1, "rejected_outside_partition_day": 1, "missing_minutes": 1430}
+    evaluations = check_evaluations(result)
+    assert evaluations[(CLEAN_BARS, "rows_accounted")].passed
+    completeness = evaluations[(CLEAN_BARS, "completeness")]
+    assert not completeness.passed and completeness.severity.value == "WARN"
+    assert completeness.metadata["gaps"].value == [["2024-01-01", "2024-01-01T00:10:00Z", "2024-01-02T00:00:00Z", 1430]]
+    assert Gates(storage).failed_blocking(CLEAN_BARS, EX, "BTC/USDT", D1) == []  # a WARN does not close the gate
+
+
+# gates --------------------------------------------------------------------------------------------------
+def _corrupt_resample(original):
+    def corrupted(bars_1m, intervals=lakehouse.resample.DEFAULT_INTERVALS):
+        out = original(bars_1m, intervals)
+        bad = (pl.col("interval") == "1h") & (pl.col("timestamp").dt.hour() == 5)
+        return out.with_columns(pl.when(bad).then(pl.col("low") - 1e6).otherwise(pl.col("high")).alias("high"))
+    return corrupted
+
+
+def test_blocking_check_stops_the_run_and_gates_later_runs(instance, storage, lakehouse_resource, monkeypatch):
+    add_symbols(instance, "BTC/USDT")
+    key = partition_key("BTC/USDT", D1)
+    assert run([raw_ohlcv], lakehouse_resource, instance, tags=range_tags("BTC/USDT", D1, D1 + dt.timedelta(days=1))).success
+    monkeypatch.setattr(derived, "resample", _corrupt_resample(derived.resample))
+
+    # Same run: clean_bars is written (and says why it failed) but nothing downstream runs.
+    result = run([raw_ohlcv, *DERIVED_ASSETS], lakehouse_resource, instance, key=key,
+                 selection=[CLEAN_BARS, REJECTED_CANDLES, INDICATORS, SIGNALS, SCORES])
+    assert not result.success
+    assert any("blocking asset check failed" in m and "ohlc_sanity" in m for m in failure_messages(result))
+    sanity = check_evaluations(result)[(CLEAN_BARS, "ohlc_sanity")]
+    assert not sanity.passed and sanity.metadata["high_below_low"].value == 1
+    assert sanity.metadata["failed_partitions"].value == ["BTC/USDT 2024-01-01"]
+    assert not result.asset_materializations_for_node(INDICATORS)
+    assert list(storage.list_partitions(INDICATORS)) == [] and not storage.table_path(SCORES).exists()
+    assert Gates(storage).failed_blocking(CLEAN_BARS, EX, "BTC/USDT", D1) == ["ohlc_sanity"]
+
+    # Later runs: refuse to build on it, without retries; the next day too, since its warm-up reads it.
+    monkeypatch.undo()
+    for day in (D1, D1 + dt.timedelta(days=1)):
+        if day != D1:
+            assert run([clean], lakehouse_resource, instance, key=partition_key("BTC/USDT", day)).success
+        later = run([indicators], lakehouse_resource, instance, key=partition_key("BTC/USDT", day))
+        assert not later.success
+        [message] = failure_messages(later)
+        assert "refusing to build on clean_bars partitions whose latest blocking check failed" in message
+        assert "2024-01-01: ohlc_sanity" in message and "rematerialize clean_bars" in message
+        assert not [e for e in later.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+        assert list(storage.list_partitions(INDICATORS)) == []
+
+    # Rematerializing clean_bars with the bug fixed reopens the gate.
+    assert run([clean], lakehouse_resource, instance, key=key).success
+    assert Gates(storage).failed_blocking(CLEAN_BARS, EX, "BTC/USDT", D1) == []
+    assert run([indicators], lakehouse_resource, instance, key=key).success
+
+
+def test_missing_upstream_partition_is_refused_clearly(instance, storage, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT")
+    result = run([indicators], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1))
+    assert not result.success
+    [message] = failure_messages(result)
+    assert "clean_bars has no partition for 1 day(s) (2024-01-01); materialize clean_bars for them first" in message
+
+
+def test_scores_keep_the_last_good_row_of_a_gated_symbol(instance, storage, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT")
+    assert run([raw_ohlcv, *DERIVED_ASSETS], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1)).success
+    before = storage.read_table(SCORES)
+    # A later check of the latest signals partition failed (e.g. its bars were rewritten): scores must not use it.
+    Gates(storage).record_check(SIGNALS, EX, "BTC/USDT", D1, "signals_reference_bars", False)
+    storage.write_partition(SIGNALS, EX, "BTC/USDT", D1, storage.read_partition(SIGNALS, EX, "BTC/USDT", D1).clear())
+    result = run([scores], lakehouse_resource, instance)
+    assert result.success
+    md = result.asset_materializations_for_node(SCORES)[0].metadata
+    assert md["symbols_kept_blocked"].value == 1
+    assert md["blocked"].value == {"BTC/USDT": {"signals 2024-01-01": ["signals_reference_bars"]}}
+    assert storage.read_table(SCORES).equals(before)
+
+
+def test_every_layer_has_the_freshness_policy_from_settings():
+    from definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for layer in (*LAYERS, SCORES):
+        policy = graph.get(AssetKey(layer)).freshness_policy
+        assert policy is not None, layer
+        assert (policy.fail_window.to_timedelta(), policy.warn_window.to_timedelta()) == (
+            dt.timedelta(hours=24), dt.timedelta(hours=2)), layer

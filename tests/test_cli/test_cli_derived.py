@@ -1,0 +1,29 @@
+"""`lakehouse backfill` builds every layer by default and ends each run with fresh scores; `query` sees them all."""
+
+import json
+
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_default_backfill_builds_every_layer_and_the_scores(tmp_path):
+    assert invoke("symbols", "add", "BTC/USDT", "--start", "2024-01-01").exit_code == 0
+    result = invoke("backfill", "--start", "2024-01-01", "--end", "2024-01-02")
+    assert result.exit_code == 0, result.output
+    # 2 days x (raw_ohlcv, clean_bars, rejected_candles, indicators, signals): each written partition counted.
+    assert "backfill: 10/10 done (0 failed)" in result.output
+    assert result.output.splitlines()[-1] == "2 partitions x 5 asset(s) in 1 run(s): 1 succeeded, 0 failed"
+
+    out = invoke("query", "select symbol, interval, trend, score from scores", "--format", "json")
+    [row] = json.loads(out.output)
+    assert (row["symbol"], row["interval"]) == ("BTC/USDT", "1h") and -100 <= row["score"] <= 100
+    out = invoke("query", "select count(*) as n from clean_bars where date = '2024-01-02' and interval = '1d'",
+                 "--format", "csv")
+    assert out.output == "n\n1\n"
+    for layer in ("rejected_candles", "indicators", "signals"):
+        assert invoke("query", f"select count(*) as n from {layer}", "--format", "csv").exit_code == 0

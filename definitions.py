@@ -26,6 +26,8 @@ defs = Definitions(
 
 # The repair sensor targets whatever partitioned assets are defined above, so new layers join it as they land.
 from assets.symbol_freshness import symbol_freshness  # noqa: E402
+from sensors.notify import NOTIFY_SENSORS  # noqa: E402
 from sensors.repair import build_repair_sensor  # noqa: E402
 
-defs = Definitions.merge(defs, Definitions(asset_checks=[symbol_freshness], sensors=[build_repair_sensor(defs.assets)]))
+defs = Definitions.merge(defs, Definitions(asset_checks=[symbol_freshness],
+                                           sensors=[build_repair_sensor(defs.assets), *NOTIFY_SENSORS]))

@@ -30,6 +30,9 @@ def _outcome(audit: Audit, last_runs: dict) -> tuple[bool, AssetCheckSeverity, d
     s = audit.settings
     metadata = {
         "symbols": MetadataValue.md(markdown_table(rows) if rows else "no symbols tracked"),
+        # The same per symbol as data: the freshness notification sensor compares it with what it saw last.
+        "freshness_by_symbol": MetadataValue.json({r["symbol"]: {"tier": r["freshness"], "last_candle": r["last_candle"],
+                                                                 "age_minutes": r["age_minutes"]} for r in rows}),
         **{f"{tier}_symbols": n for tier, n in tiers.items()},
         "fresh_below_hours": s.freshness_warn_hours,
         "stale_above_hours": s.freshness_fail_hours,

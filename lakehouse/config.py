@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Mapping
 
@@ -27,6 +28,20 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _http_url(env: Mapping[str, str], name: str, example: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={raw!r} must be an http(s) URL such as {example}")
+    try:
+        parts.port  # noqa: B018  (a port like ':abc' only fails when read)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} has an invalid port; use e.g. {example}") from None
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every knob of the lakehouse; README's "Configuration" table documents each one."""
@@ -42,6 +57,7 @@ class Settings:
     stale_lag_minutes: float = 5.0
     repair_interval_s: int = 60
     webhook_url: str | None = None
+    ui_url: str | None = None
     # A refetch that returns the same gaps is retried after retry_delay_minutes, doubling up to the max;
     # after gap_confirm_attempts identical answers the gap is recorded as confirmed at the source.
     gap_confirm_attempts: int = 3
@@ -53,11 +69,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         exchange = (env.get("LAKEHOUSE_EXCHANGE") or SIMULATED).strip().lower()
-        url = (env.get("LAKEHOUSE_EXCHANGE_URL") or "").strip() or None
-        if url and not (url.startswith("http://") or url.startswith("https://")):
-            raise ConfigError(
-                f"LAKEHOUSE_EXCHANGE_URL={url!r} must be an http(s) URL such as http://127.0.0.1:8090"
-            )
+        url = _http_url(env, "LAKEHOUSE_EXCHANGE_URL", "http://127.0.0.1:8090")
         warn = _float(env, "LAKEHOUSE_FRESHNESS_WARN_HOURS", cls.freshness_warn_hours, 0.01)
         fail = _float(env, "LAKEHOUSE_FRESHNESS_FAIL_HOURS", cls.freshness_fail_hours, 0.01)
         if fail < warn:
@@ -80,7 +92,8 @@ class Settings:
             freshness_fail_hours=fail,
             stale_lag_minutes=_float(env, "LAKEHOUSE_STALE_LAG_MINUTES", cls.stale_lag_minutes),
             repair_interval_s=int(_float(env, "LAKEHOUSE_REPAIR_INTERVAL_S", cls.repair_interval_s, 1)),
-            webhook_url=(env.get("LAKEHOUSE_WEBHOOK_URL") or "").strip() or None,
+            webhook_url=_http_url(env, "LAKEHOUSE_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX"),
+            ui_url=(_http_url(env, "LAKEHOUSE_UI_URL", "http://127.0.0.1:3000") or "").rstrip("/") or None,
             gap_confirm_attempts=int(_float(env, "LAKEHOUSE_GAP_CONFIRM_ATTEMPTS", cls.gap_confirm_attempts, 1)),
             retry_delay_minutes=_float(env, "LAKEHOUSE_RETRY_DELAY_MINUTES", cls.retry_delay_minutes),
             retry_max_delay_minutes=_float(env, "LAKEHOUSE_RETRY_MAX_DELAY_MINUTES", cls.retry_max_delay_minutes),

@@ -1,0 +1,260 @@
+"""Notifications: say what went wrong in one message and post it to one webhook, without ever raising.
+
+The channel is a Slack-compatible incoming webhook (LAKEHOUSE_WEBHOOK_URL): a JSON body with `text` (what
+every Slack-compatible receiver shows) and `blocks` (Slack's richer layout). Unset, messages are only logged by
+the caller.
+
+Sensors send these, so a dead or slow webhook must not break a sensor tick: `send` retries once, then gives up
+and returns a `Delivery` saying why. Callers log it and keep it in `DeliveryLog` (`_meta/notify/deliveries.json`)
+so `lakehouse health` can tell that notifications are not getting through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+import time
+import urllib.parse
+from typing import Callable, Sequence
+
+from .storage import Storage
+
+FAIL, WARN = "FAIL", "WARN"
+TIMEOUT_S = 5.0
+RETRY_WAIT_S = 1.0
+# Slack rejects a section longer than 3000 characters; errors with tracebacks easily get there.
+MAX_SECTION_CHARS = 2900
+MAX_LINE_CHARS = 600
+DELIVERY_LOG = "notify/deliveries.json"
+KEEP_DELIVERIES = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    """One message: a title line, detail lines and an optional link to the Dagster UI."""
+
+    kind: str  # run_failure | freshness
+    severity: str  # FAIL | WARN
+    title: str
+    lines: tuple[str, ...] = ()
+    link: str | None = None
+    link_label: str = "Open in Dagster"
+
+    def text(self) -> str:
+        """Plain text: what a log line and the webhook's `text` field carry."""
+        body = [f"[{self.severity}] {self.title}", *(_clip(line) for line in self.lines)]
+        if self.link:
+            body.append(f"{self.link_label}: {self.link}")
+        return "\n".join(body)
+
+    def payload(self) -> dict:
+        """Slack-compatible JSON: `text` for any receiver, `blocks` for Slack's layout."""
+        section = "\n".join([f"*[{self.severity}] {_escape(self.title)}*", *(_escape(_clip(l)) for l in self.lines)])
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": section[:MAX_SECTION_CHARS]}}]
+        if self.link:
+            blocks.append({"type": "context", "elements": [
+                {"type": "mrkdwn", "text": f"<{self.link}|{_escape(self.link_label)}>"}]})
+        return {"text": self.text(), "blocks": blocks}
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """What happened to one notification."""
+
+    sent: bool
+    channel: str  # "webhook <host>" or "log"
+    attempts: int = 0
+    status: int | None = None
+    error: str | None = None
+    at: str = dataclasses.field(default_factory=lambda: _now_iso())
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        if self.channel == "log":
+            return "logged only (no LAKEHOUSE_WEBHOOK_URL)"
+        if self.sent:
+            return f"sent to {self.channel}"
+        return f"not delivered to {self.channel} after {self.attempts} attempt(s): {self.error}"
+
+
+def redact(url: str) -> str:
+    """scheme://host[:port] only: webhook paths are secrets (Slack's carry the token)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def send(notification: Notification, url: str | None, timeout_s: float = TIMEOUT_S, retries: int = 1,
+         retry_wait_s: float = RETRY_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> Delivery:
+    """POST the notification's JSON to `url`; one retry on network errors, 5xx and 429. Never raises."""
+    if not url:
+        return Delivery(sent=False, channel="log")
+    import requests
+
+    channel = f"webhook {redact(url)}"
+    body = json.dumps(notification.payload()).encode()
+    status, error, attempts = None, None, 0
+    for attempt in range(retries + 1):
+        attempts = attempt + 1
+        try:
+            response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout_s)
+            status = response.status_code
+            if 200 <= status < 300:
+                return Delivery(sent=True, channel=channel, attempts=attempts, status=status)
+            error = f"HTTP {status}: {response.text[:200].strip()}"
+            if status < 500 and status != 429:
+                break  # the receiver refused this message (bad URL or payload); sending it again cannot help
+        except Exception as exc:  # noqa: BLE001  (whatever the network does, the sensor must go on)
+            status, error = None, f"{exc.__class__.__name__}: {str(exc)[:200]}"
+        if attempt < retries:
+            sleep(retry_wait_s)
+    return Delivery(sent=False, channel=channel, attempts=attempts, status=status, error=error)
+
+
+class DeliveryLog:
+    """The last deliveries (newest last), kept so a webhook that stopped working shows up in `lakehouse health`."""
+
+    _lock = threading.Lock()  # the sensor daemon runs sensors in threads of one process
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def load(self) -> list[dict]:
+        try:
+            raw = self.storage.read_meta(DELIVERY_LOG)
+            value = json.loads(raw) if raw else []
+        except (OSError, ValueError):
+            return []
+        return value if isinstance(value, list) else []
+
+    def record(self, notification: Notification, delivery: Delivery) -> None:
+        """Append one delivery; a failure to write is swallowed like a failure to send."""
+        entry = {**delivery.as_dict(), "kind": notification.kind, "severity": notification.severity,
+                 "title": notification.title}
+        try:
+            with self._lock:
+                entries = (self.load() + [entry])[-KEEP_DELIVERIES:]
+                self.storage.write_meta(DELIVERY_LOG, json.dumps(entries, indent=1).encode())
+        except OSError:
+            pass
+
+    def last(self) -> dict | None:
+        entries = [e for e in self.load() if e.get("channel") != "log"]
+        return entries[-1] if entries else None
+
+
+def notify(notification: Notification, url: str | None, log: Callable[[str], None],
+           error_log: Callable[[str], None] | None = None, storage: Storage | None = None, **send_kw) -> Delivery:
+    """Send (or only log, without a URL), log the outcome, record it; what the sensors call."""
+    delivery = send(notification, url, **send_kw)
+    if delivery.channel == "log":
+        log(f"notification (no LAKEHOUSE_WEBHOOK_URL set, logged only):\n{notification.text()}")
+    elif delivery.sent:
+        log(f"notification {delivery.describe()}: {notification.title}")
+    else:
+        (error_log or log)(f"notification {delivery.describe()}\n{notification.text()}")
+    if storage is not None:
+        DeliveryLog(storage).record(notification, delivery)
+    return delivery
+
+
+# messages ---------------------------------------------------------------------------------------
+def run_failure_notification(run_id: str, job_name: str, assets: Sequence[str], partitions: str | None,
+                             errors: Sequence[str], tags: dict | None = None, ui_url: str | None = None) -> Notification:
+    """A failed run: which run, what it was building, for which partitions, and why it failed."""
+    tags = tags or {}
+    what = ", ".join(sorted(assets)) if assets else job_name
+    title = f"lakehouse run failed: {what}" + (f" for {partitions}" if partitions else "")
+    lines = [f"run {run_id}" + (f" ({job_name})" if assets and job_name and not job_name.startswith("__") else "")]
+    for error in errors or ["run failed (no step error recorded)"]:
+        lines.append(f"error: {error}")
+    launched = tags.get("lakehouse/launched_by")
+    if launched:
+        why = tags.get("lakehouse/repair")
+        reasons = tags.get("lakehouse/reasons")
+        lines.append(f"launched by {launched}" + (f" ({why}: {reasons})" if why and reasons else ""))
+    link = f"{ui_url.rstrip('/')}/runs/{run_id}" if ui_url else None
+    return Notification("run_failure", FAIL, title, tuple(lines), link, "Open the run in Dagster")
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshnessChange:
+    """A subject (a symbol of raw_ohlcv, or a whole asset) that became WARN or FAIL."""
+
+    subject: str
+    severity: str  # WARN | FAIL
+    previous: str
+    detail: str
+
+
+# A symbol's freshness tier (lakehouse.audit.freshness_tier) as a check severity: aging warns, stale fails.
+TIER_LEVEL = {"fresh": 0, "aging": 1, "stale": 2, "empty": 2}
+LEVEL_NAME = {0: "OK", 1: WARN, 2: FAIL}
+
+
+def symbol_freshness_changes(previous: dict[str, str], current: dict[str, dict]) -> list[FreshnessChange]:
+    """Symbols whose tier got worse into aging (WARN) or stale/empty (FAIL) since `previous` (symbol -> tier).
+
+    `current` is symbol -> {"tier", "last_candle", "age_minutes"}. A symbol not seen before counts as fresh,
+    except one that has no candles yet: a symbol just added is empty until its first backfill lands, and that
+    is not news (a backfill that fails is reported as a failed run).
+    """
+    out = []
+    for symbol, row in sorted(current.items()):
+        tier = row.get("tier")
+        if tier not in TIER_LEVEL:
+            continue
+        before = previous.get(symbol, "empty" if tier == "empty" else "fresh")
+        level, was = TIER_LEVEL[tier], TIER_LEVEL.get(before, 0)
+        if level > was and level > 0:
+            age = row.get("age_minutes")
+            detail = ("no candles" if tier == "empty" else
+                      f"{tier}, last candle {row.get('last_candle')} ({_hours(age)} old)")
+            out.append(FreshnessChange(symbol, LEVEL_NAME[level], f"{LEVEL_NAME[was]} ({before})", detail))
+    return out
+
+
+def asset_freshness_change(asset: str, previous_state: str, new_state: str, detail: str) -> FreshnessChange | None:
+    """Dagster's freshness state of a whole asset moved to WARN or FAIL (PASS, UNKNOWN and recoveries are quiet)."""
+    if new_state not in (WARN, FAIL) or new_state == previous_state:
+        return None
+    return FreshnessChange(asset, new_state, previous_state, detail)
+
+
+def _hours(minutes) -> str:
+    if minutes is None:
+        return "?"
+    return f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def freshness_notification(changes: Sequence[FreshnessChange], ui_url: str | None = None) -> Notification:
+    """One message per tick for every subject that became WARN or FAIL, the worst first.
+
+    Subjects are symbols (of raw_ohlcv, named BASE/QUOTE) or asset keys; the link opens raw_ohlcv, whose
+    symbol_freshness check has the per-symbol table, or the asset when only assets changed.
+    """
+    ordered = sorted(changes, key=lambda c: (c.severity != FAIL, c.subject))
+    asset_path = "raw_ohlcv" if any("/" in c.subject for c in ordered) or not ordered else ordered[0].subject
+    severity = FAIL if any(c.severity == FAIL for c in changes) else WARN
+    subjects = ", ".join(c.subject for c in ordered[:5]) + (f" and {len(ordered) - 5} more" if len(ordered) > 5 else "")
+    title = f"lakehouse freshness {severity}: {subjects}"
+    lines = tuple(f"{c.subject}: {c.severity} (was {c.previous}): {c.detail}" for c in ordered)
+    link = f"{ui_url.rstrip('/')}/assets/{asset_path}" if ui_url else None
+    return Notification("freshness", severity, title, lines, link, f"Open {asset_path} in Dagster")
+
+
+def _clip(line: str) -> str:
+    line = " ".join(str(line).split())
+    return line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…"
+
+
+def _escape(text: str) -> str:
+    # Slack mrkdwn reads <...> as links and &...; as entities.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

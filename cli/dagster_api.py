@@ -64,6 +64,13 @@ class AssetCounts:
 
 
 @dataclasses.dataclass
+class Materialization:
+    asset: str
+    partition: str | None
+    metadata: dict[str, float]
+
+
+@dataclasses.dataclass
 class RunInfo:
     run_id: str
     status: str
@@ -225,20 +232,26 @@ class DagsterAPI:
             cursor = conn["cursor"]
         return steps or run_failure
 
-    def run_metadata(self, run_id: str, asset: str, label: str) -> list[float]:
-        """The numeric metadata `label` of every materialization of `asset` in a run (e.g. raw_ohlcv candles)."""
+    def run_materializations(self, run_id: str) -> list[Materialization]:
+        """Every materialization a run recorded, with its partition and numeric metadata."""
         data = self.query(_RUN_MATERIALIZATIONS, {"runId": run_id})
         run = _expect(data["runOrError"], "Run", what=f"run {run_id}")
         out = []
         for m in run["assetMaterializations"]:
-            if "/".join(m["assetKey"]["path"]) != asset:
-                continue
-            for entry in m["metadataEntries"]:
-                if entry.get("label") == label:
-                    value = entry.get("intValue", entry.get("floatValue"))
-                    if value is not None:
-                        out.append(value)
+            numbers = {e["label"]: e.get("intValue", e.get("floatValue")) for e in m["metadataEntries"]
+                       if e.get("intValue", e.get("floatValue")) is not None}
+            out.append(Materialization("/".join(m["assetKey"]["path"]), m.get("partition"), numbers))
         return out
+
+    def targeted_partitions(self, backfill_id: str, asset: str) -> list[str]:
+        """The partition keys a backfill targets for one asset (ranges expanded by the deployment)."""
+        data = self.query(_BACKFILL_TARGET, {"id": backfill_id, "key": {"path": asset.split("/")}})
+        b = _expect(data["partitionBackfillOrError"], "PartitionBackfill", what=f"backfill {backfill_id}")
+        target = b.get("partitionsTargetedForAssetKey") or {}
+        keys = list(target.get("partitionKeys") or [])
+        # Time-window assets come back as ranges; ours (symbol x day) come back as keys.
+        keys.extend(f"{r['start']}...{r['end']}" for r in target.get("ranges") or [])
+        return keys
 
 
 # helpers ---------------------------------------------------------------------------------------------
@@ -406,10 +419,19 @@ query RunMaterializations($runId: ID!) {
     __typename
     ... on Run {
       assetMaterializations {
-        assetKey { path }
+        assetKey { path } partition
         metadataEntries { label ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } }
       }
     }
+    %s
+  }
+}""" % _ERROR_FIELDS
+
+_BACKFILL_TARGET = """
+query BackfillTarget($id: String!, $key: AssetKeyInput!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { partitionsTargetedForAssetKey(assetKey: $key) { partitionKeys ranges { start end } } }
     %s
   }
 }""" % _ERROR_FIELDS

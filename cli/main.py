@@ -1,4 +1,7 @@
-"""`lakehouse`: a thin click layer over the library and Dagster. Exit codes: 0 ok, 1 work failed, 2 bad input."""
+"""`lakehouse`: a thin click layer over the library and Dagster.
+
+Exit codes: 0 ok, 1 work failed, 2 bad input, 3 timed out waiting on a deployment, 4 deployment unreachable or refused.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from lakehouse.symbols import validate_symbol
 from lakehouse.timeutil import check_range, ms_to_day, parse_day, utc_today
 
 from .instance import PROJECT_ROOT, ensure_dagster_home, get_instance
+from .remote import check_local_flags, remote_options
 
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
@@ -283,36 +287,53 @@ def table_selection(defs) -> list[str]:
 
 @cli.command()
 @click.option("--symbols", "symbol_list", multiple=True, help="Comma-separated symbols; default: every tracked one.")
-@click.option("--start", help="First UTC day (YYYY-MM-DD); default: each symbol's start.")
+@click.option("--start", help="First UTC day (YYYY-MM-DD); default: each symbol's start (with --url: yesterday).")
 @click.option("--end", help="Last UTC day (YYYY-MM-DD), included; default: today.")
 @click.option("--assets", "asset_list", default=None, help="Comma-separated assets; default: every partitioned layer.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary at the end.")
-def backfill(symbol_list, start, end, asset_list, as_json):
-    """Materialize partitions in-process and wait: exit 0 if all succeeded, 1 if any failed, 2 on bad input.
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary at the end (progress on stderr).")
+@remote_options
+def backfill(symbol_list, start, end, asset_list, as_json, url, wait, timeout):
+    """Materialize partitions and wait: exit 0 if all succeeded, 1 if any failed, 2 on bad input.
 
-    One run per symbol covers its whole day range (fetched in one pass), as a backfill from the UI would.
-    By default every layer is built, raw to signals, and each run ends by rebuilding the scores table.
+    In-process by default: one run per symbol covers its whole day range (fetched in one pass), as a backfill
+    from the UI would. By default every layer is built, raw to signals, and each run ends by rebuilding the
+    scores table.
+
+    With --url (or DAGSTER_URL) the work is launched on that running deployment as one partition backfill, so
+    its backfill policies, pools and retries apply; the command prints the backfill's id and link, waits with
+    live progress and exits 0 (all succeeded), 1 (some partitions failed: which, and why), 3 (--timeout passed;
+    the backfill keeps running) or 4 (deployment unreachable or refused). Symbols are the deployment's; the
+    range defaults to yesterday and today.
 
     \b
     Example:
         lakehouse backfill --symbols BTC/USDT,ETH/USDT --start 2024-01-01 --end 2024-01-31
+        lakehouse backfill --url http://127.0.0.1:3000 --start 2024-01-01 --timeout 30m --json
     """
     from .progress import ProgressDisplay
     from .runner import run_plan
 
+    check_local_flags(url, wait, timeout)
     s = settings()
     start_day, end_day = _day(start, "--start"), _day(end, "--end")
-    instance = get_instance()
+    names = _symbols_arg(symbol_list)
     echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    plan = plan_days(instance, s, _symbols_arg(symbol_list), start_day, end_day, echo=echo)
     defs = load_defs()
     selection = default_selection(defs) if not asset_list else [a.strip() for a in asset_list.split(",") if a.strip()]
     known = set(default_selection(defs))
     bad = [a for a in selection if a not in known]
     if bad:
         raise UsageFailure(f"unknown asset(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
-    partitions = sum(len(d) for d in plan.values())
     tables = [] if asset_list else table_selection(defs)
+    if url:
+        from .remote import remote_backfill
+
+        remote_backfill(url, names, start_day, end_day, [*selection, *tables], wait=wait, timeout_s=timeout,
+                        as_json=as_json, echo=echo)
+        return
+    instance = get_instance()
+    plan = plan_days(instance, s, names, start_day, end_day, echo=echo)
+    partitions = sum(len(d) for d in plan.values())
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
         outcomes = run_plan(instance, defs, selection, plan, display, tables=tables)
     failed = [o for o in outcomes if not o.success]
@@ -397,10 +418,13 @@ def dev(host, port, demo):
 
 
 from .repair import gaps, repair, status  # noqa: E402  (cli.repair imports UsageFailure from here)
+from .runs import retry_failed, runs  # noqa: E402  (same)
 
 cli.add_command(status)
 cli.add_command(gaps)
 cli.add_command(repair)
+cli.add_command(runs)
+cli.add_command(retry_failed)
 
 
 def main():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -9,18 +10,33 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+PROGRESS_INTERVAL_ENV = "LAKEHOUSE_PROGRESS_INTERVAL_S"
+
+
+def progress_interval_s(default: float = 5.0) -> float:
+    """Seconds between plain progress lines when not in a terminal (CI logs); LAKEHOUSE_PROGRESS_INTERVAL_S."""
+    raw = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else default
+    except ValueError:
+        return default
+
+
 class ProgressDisplay:
     """`with ProgressDisplay(total, "raw_ohlcv") as p: p.advance(ok=True, note="BTC/USDT 2024-01-02")`."""
 
-    def __init__(self, total: int, label: str, *, stream=None, interval_s: float = 5.0, force_plain: bool | None = None):
+    def __init__(self, total: int, label: str, *, stream=None, interval_s: float | None = None,
+                 force_plain: bool | None = None, rows_label: str = "rows"):
         self.total = total
         self.label = label
         self.done = 0
         self.failed = 0
+        self.running = 0
         self.rows = 0
+        self.rows_label = rows_label
         self.note = ""
         self.stream = stream or sys.stderr
-        self.interval_s = interval_s
+        self.interval_s = progress_interval_s() if interval_s is None else interval_s
         self.plain = (not self.stream.isatty()) if force_plain is None else force_plain
         self._started = time.monotonic()
         self._last_print = 0.0
@@ -45,7 +61,8 @@ class ProgressDisplay:
             self._print_line(force=True)
 
     def _detail(self) -> str:
-        parts = [f"{self.failed} failed" if self.failed else "", f"{self.rows:,} rows" if self.rows else "", self.note]
+        parts = [f"{self.failed} failed" if self.failed else "", f"{self.running} running" if self.running else "",
+                 f"{self.rows:,} {self.rows_label}" if self.rows else "", self.note]
         return "  ".join(p for p in parts if p)
 
     def eta_s(self) -> float | None:
@@ -62,19 +79,22 @@ class ProgressDisplay:
         self._last_print = now
         eta = self.eta_s()
         eta_txt = f"ETA {eta:.0f}s" if eta is not None else "ETA -"
+        running = f", {self.running} running" if self.running else ""
         print(
-            f"{self.label}: {self.done + self.failed}/{self.total} done ({self.failed} failed) "
-            f"{self.rows:,} rows, elapsed {now - self._started:.0f}s, {eta_txt} {self.note}".rstrip(),
+            f"{self.label}: {self.done + self.failed}/{self.total} done ({self.failed} failed{running}) "
+            f"{self.rows:,} {self.rows_label}, elapsed {now - self._started:.0f}s, {eta_txt} {self.note}".rstrip(),
             file=self.stream, flush=True,
         )
 
     def update(self, *, done: int | None = None, failed: int | None = None, total: int | None = None,
-               rows: int | None = None, note: str | None = None) -> None:
+               rows: int | None = None, note: str | None = None, running: int | None = None) -> None:
         """Set absolute figures (remote backfills report totals, not increments)."""
         if done is not None:
             self.done = done
         if failed is not None:
             self.failed = failed
+        if running is not None:
+            self.running = running
         if total is not None:
             self.total = total
         if rows is not None:

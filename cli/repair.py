@@ -1,7 +1,7 @@
 """`lakehouse status`, `gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status).
 
-Planning and execution are separate steps (`plan_repair`, then `execute_plan`), so another executor (e.g. a
-remote Dagster) can run the same plan.
+Planning and execution are separate steps: `plan_repair`, then `plan_batches` turns the plan into work, which
+`execute_plan` runs in-process and `launch_plan` launches on a deployment (`lakehouse repair --url`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from lakehouse.schema import RAW_OHLCV
 from lakehouse.symbols import validate_symbol
 
 from .main import UsageFailure, get_instance, load_defs, settings
+from .remote import DEFAULT_TIMEOUT, Duration, check_local_flags, connect, remote_options, watch
 
 
 def _resources() -> dict:
@@ -43,22 +44,53 @@ def plan_repair(layers=None) -> tuple[object, object, Audit]:
     return _audit(layers)
 
 
-def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None) -> list:
-    """Run each planned request in-process and synchronously, in order; returns cli.runner.RangeOutcome's."""
+def plan_batches(defs, audit: Audit, requests: list[RepairRequest], launched_by: str) -> list[tuple[list[str], dict, dict]]:
+    """Each planned request as (asset keys, {symbol: days}, tags): the one translation of the plan into work, used
+    by in-process repair (one run each) and remote repair (backfills on a deployment)."""
     from sensors.repair import request_tags, selection_for
 
-    from .runner import RANGE_END_TAG, RANGE_START_TAG, run_plan
-
     asset_graph = defs.get_repository_def().asset_graph
-    audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
-    outcomes = []
+    out = []
     for r in requests:
         keys, _checks = selection_for(r, asset_graph)
-        tags = {k: v for k, v in request_tags(r, audit.summary(), "lakehouse repair").items()
-                if k not in (RANGE_START_TAG, RANGE_END_TAG)}
-        outcomes += run_plan(instance, defs, [k.to_user_string() for k in keys], {r.symbol: r.day_list()},
-                             display, tags=tags)
+        out.append(([k.to_user_string() for k in keys], {r.symbol: r.day_list()},
+                     request_tags(r, audit.summary(), launched_by)))
+    return out
+
+
+def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None) -> list:
+    """Run each planned request in-process and synchronously, in order; returns cli.runner.RangeOutcome's."""
+    from .runner import RANGE_END_TAG, RANGE_START_TAG, run_plan
+
+    audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
+    batches = plan_batches(defs, audit, requests, "lakehouse repair")
+    outcomes = []
+    for keys, days, tags in batches:
+        tags = {k: v for k, v in tags.items() if k not in (RANGE_START_TAG, RANGE_END_TAG)}
+        outcomes += run_plan(instance, defs, keys, days, display, tags=tags)
     return outcomes
+
+
+def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[str]:
+    """Launch the plan on a deployment: one backfill per distinct asset selection (usually one), each with every
+    partition that needs it. Returns the backfill ids."""
+    from .remote import call, partition_name
+
+    groups: dict[tuple[str, ...], dict] = {}
+    for keys, days, tags in plan_batches(defs, audit, requests, "lakehouse repair --url"):
+        group = groups.setdefault(tuple(keys), {"partitions": [], "actions": set(), "reasons": []})
+        group["partitions"] += [partition_name(symbol, day) for symbol, ds in days.items() for day in ds]
+        group["actions"].add(tags["lakehouse/repair"])
+        group["reasons"].append(f"{tags['lakehouse/symbol']}: {tags['lakehouse/reasons']}")
+    ids = []
+    for keys, group in groups.items():
+        tags = {"lakehouse/launched_by": "lakehouse repair --url", "lakehouse/repair": ",".join(sorted(group["actions"])),
+                "lakehouse/reasons": "; ".join(group["reasons"])[:250], "lakehouse/audit": audit.summary()[:250]}
+        ids.append(call(api.launch_backfill, list(keys), group["partitions"], tags=tags,
+                        title=f"lakehouse repair: {len(group['partitions'])} partition(s)"))
+    # Only now: a launch the deployment refused must not count as an attempt in the audit's ledger.
+    audit.commit(requests)
+    return ids
 
 
 def _echo_err(as_json: bool):
@@ -153,20 +185,28 @@ def _plan_lines(plan: list[RepairRequest]) -> list[str]:
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable plan (and outcome) at the end.")
-def repair(dry_run, as_json):
-    """Audit now and run exactly what it finds, synchronously: exit 0 only if every planned run succeeded.
+@remote_options
+def repair(dry_run, as_json, url, wait, timeout):
+    """Audit now and run exactly what it finds: exit 0 only if every planned run succeeded.
 
     Raw partitions that are missing, incomplete, stale or invalid are re-fetched (with their derived layers);
     derived partitions that are missing, invalid or outdated are rebuilt from upstream. Partitions that a
     queued or running run already covers, or that wait for a retry, are left alone.
 
+    In-process and synchronous by default. With --url (or DAGSTER_URL) the audit still runs here (against
+    DAGSTER_HOME and LAKEHOUSE_ROOT, which must be the deployment's) and the plan is launched on the deployment
+    as partition backfills, then waited for like `lakehouse backfill --url` (exit 0, 1, 3 or 4).
+
     \b
     Example:
         lakehouse repair --dry-run
         lakehouse repair --json
+        lakehouse repair --url http://127.0.0.1:3000 --timeout 30m
     """
     from .progress import ProgressDisplay
 
+    check_local_flags(url, wait, timeout)
+    api = connect(url) if url else None
     instance, defs, audit = plan_repair()
     plan = audit.plan
     echo = _echo_err(as_json)
@@ -181,6 +221,11 @@ def repair(dry_run, as_json):
         if as_json:
             click.echo(json.dumps(doc, indent=2))
         return
+    if api is not None:
+        ids = launch_plan(api, defs, audit, plan)
+        watch(api, ids, "repair", wait=wait is not False,
+              timeout_s=timeout or Duration().convert(DEFAULT_TIMEOUT, None, None), as_json=as_json)
+        return
     total = sum(r.days * len(r.layers) for r in plan)
     with ProgressDisplay(total, "repair") as display:
         outcomes = execute_plan(instance, defs, audit, plan, display)
@@ -193,4 +238,3 @@ def repair(dry_run, as_json):
         for o in failed:
             click.echo(f"FAILED {o.symbol} {o.start}..{o.end} (run {o.run_id}): {o.error}", err=True)
     sys.exit(1 if failed else 0)
-

@@ -426,6 +426,10 @@ cli.add_command(repair)
 cli.add_command(runs)
 cli.add_command(retry_failed)
 
+from .health import health  # noqa: E402  (cli.health imports UsageFailure from here)
+
+cli.add_command(health)
+
 
 def main():
     cli()

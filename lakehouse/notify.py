@@ -176,6 +176,9 @@ def run_failure_notification(run_id: str, job_name: str, assets: Sequence[str], 
         why = tags.get("lakehouse/repair")
         reasons = tags.get("lakehouse/reasons")
         lines.append(f"launched by {launched}" + (f" ({why}: {reasons})" if why and reasons else ""))
+    if tags.get("dagster/will_retry") == "true":
+        # With run_retries on, the first failure may heal itself; say so rather than stay quiet until the retry.
+        lines.append("Dagster will retry this run (run_retries); a retry that fails is reported too")
     link = f"{ui_url.rstrip('/')}/runs/{run_id}" if ui_url else None
     return Notification("run_failure", FAIL, title, tuple(lines), link, "Open the run in Dagster")
 

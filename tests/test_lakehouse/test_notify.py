@@ -52,6 +52,11 @@ def test_run_failure_message_and_its_slack_json():
     }
 
 
+def test_a_run_dagster_will_retry_says_so():
+    n = run_failure_notification("r-3", "job", ["raw_ohlcv"], None, ["raw_ohlcv: timeout"], {"dagster/will_retry": "true"})
+    assert n.lines[-1] == "Dagster will retry this run (run_retries); a retry that fails is reported too"
+
+
 def test_a_huge_error_is_clipped_to_what_slack_accepts():
     n = run_failure_notification("r-2", "job", [], None, ["x" * 10_000] * 6)
     assert len(n.payload()["blocks"][0]["text"]["text"]) <= 2900

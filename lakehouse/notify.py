@@ -189,42 +189,51 @@ class FreshnessChange:
 
     subject: str
     severity: str  # WARN | FAIL
-    previous: str
+    since: str  # "was fresh", "was UNKNOWN", "new symbol" or FIRST_LOOK
     detail: str
 
 
+FIRST_LOOK = "already so at the sensor's first look"
 # A symbol's freshness tier (lakehouse.audit.freshness_tier) as a check severity: aging warns, stale fails.
 TIER_LEVEL = {"fresh": 0, "aging": 1, "stale": 2, "empty": 2}
 LEVEL_NAME = {0: "OK", 1: WARN, 2: FAIL}
 
 
-def symbol_freshness_changes(previous: dict[str, str], current: dict[str, dict]) -> list[FreshnessChange]:
-    """Symbols whose tier got worse into aging (WARN) or stale/empty (FAIL) since `previous` (symbol -> tier).
+def symbol_freshness_changes(previous: dict[str, str] | None, current: dict[str, dict]) -> list[FreshnessChange]:
+    """Symbols whose tier got worse into aging (WARN) or stale/empty (FAIL) since `previous` (symbol -> tier;
+    None on the sensor's first look, when what is already WARN/FAIL is reported once).
 
-    `current` is symbol -> {"tier", "last_candle", "age_minutes"}. A symbol not seen before counts as fresh,
-    except one that has no candles yet: a symbol just added is empty until its first backfill lands, and that
-    is not news (a backfill that fails is reported as a failed run).
+    `current` is symbol -> {"tier", "last_candle", "age_minutes"}. A symbol first seen without candles is not
+    news: a symbol just added is empty until its first backfill lands (a backfill that fails is reported as a
+    failed run).
     """
     out = []
     for symbol, row in sorted(current.items()):
         tier = row.get("tier")
-        if tier not in TIER_LEVEL:
+        level = TIER_LEVEL.get(tier, 0)
+        if level == 0:
             continue
-        before = previous.get(symbol, "empty" if tier == "empty" else "fresh")
-        level, was = TIER_LEVEL[tier], TIER_LEVEL.get(before, 0)
-        if level > was and level > 0:
-            age = row.get("age_minutes")
-            detail = ("no candles" if tier == "empty" else
-                      f"{tier}, last candle {row.get('last_candle')} ({_hours(age)} old)")
-            out.append(FreshnessChange(symbol, LEVEL_NAME[level], f"{LEVEL_NAME[was]} ({before})", detail))
+        before = None if previous is None else previous.get(symbol)
+        if before is None:
+            if tier == "empty":
+                continue
+            since = FIRST_LOOK if previous is None else "new symbol"
+        elif TIER_LEVEL.get(before, 0) >= level:
+            continue
+        else:
+            since = f"was {before}"
+        detail = ("no candles" if tier == "empty" else
+                  f"{tier}, last candle {row.get('last_candle')} ({_hours(row.get('age_minutes'))} old)")
+        out.append(FreshnessChange(symbol, LEVEL_NAME[level], since, detail))
     return out
 
 
-def asset_freshness_change(asset: str, previous_state: str, new_state: str, detail: str) -> FreshnessChange | None:
-    """Dagster's freshness state of a whole asset moved to WARN or FAIL (PASS, UNKNOWN and recoveries are quiet)."""
+def asset_freshness_change(asset: str, previous_state: str | None, new_state: str, detail: str) -> FreshnessChange | None:
+    """Dagster's freshness state of a whole asset moved to WARN or FAIL (PASS, UNKNOWN and recoveries are quiet);
+    previous_state None: the sensor's first look at an asset already in that state."""
     if new_state not in (WARN, FAIL) or new_state == previous_state:
         return None
-    return FreshnessChange(asset, new_state, previous_state, detail)
+    return FreshnessChange(asset, new_state, FIRST_LOOK if previous_state is None else f"was {previous_state}", detail)
 
 
 def _hours(minutes) -> str:
@@ -244,7 +253,7 @@ def freshness_notification(changes: Sequence[FreshnessChange], ui_url: str | Non
     severity = FAIL if any(c.severity == FAIL for c in changes) else WARN
     subjects = ", ".join(c.subject for c in ordered[:5]) + (f" and {len(ordered) - 5} more" if len(ordered) > 5 else "")
     title = f"lakehouse freshness {severity}: {subjects}"
-    lines = tuple(f"{c.subject}: {c.severity} (was {c.previous}): {c.detail}" for c in ordered)
+    lines = tuple(f"{c.subject}: {c.severity} ({c.since}): {c.detail}" for c in ordered)
     link = f"{ui_url.rstrip('/')}/assets/{asset_path}" if ui_url else None
     return Notification("freshness", severity, title, lines, link, f"Open {asset_path} in Dagster")
 

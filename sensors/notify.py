@@ -115,7 +115,7 @@ def _symbol_changes(instance, cursor: dict) -> list:
     evaluation = record.event.dagster_event.event_specific_data
     entry = (evaluation.metadata or {}).get("freshness_by_symbol")
     current = entry.value if entry is not None and isinstance(entry.value, dict) else {}
-    changes = symbol_freshness_changes(cursor.get("tiers", {}), current)
+    changes = symbol_freshness_changes(cursor.get("tiers"), current)
     cursor.update(check_id=record.id, tiers={s: r.get("tier") for s, r in current.items()})
     return changes
 
@@ -144,8 +144,7 @@ def _asset_changes(instance, cursor: dict) -> list:
         new, old = data.new_state.value, data.previous_state.value
         detail = (f"no materialization of {data.key.to_user_string()} within its freshness policy's "
                   f"{'fail' if new == 'FAIL' else 'warn'} window")
-        change = asset_freshness_change(data.key.to_user_string(), "PASS (at sensor start)" if first else old, new,
-                                        detail)
+        change = asset_freshness_change(data.key.to_user_string(), None if first else old, new, detail)
         if change is not None:
             changes.append(change)
         cursor["event_id"] = max(cursor["event_id"], r.storage_id)

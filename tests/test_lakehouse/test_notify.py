@@ -5,6 +5,7 @@ import pytest
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 from lakehouse.notify import (
+    FIRST_LOOK,
     DeliveryLog,
     FreshnessChange,
     Notification,
@@ -68,35 +69,39 @@ def test_symbol_tiers_notify_only_when_they_get_worse():
         "A/USDT": {"tier": "aging", "last_candle": "2024-03-10T09:00:00Z", "age_minutes": 200},
         "B/USDT": {"tier": "stale", "last_candle": "2024-03-09T09:00:00Z", "age_minutes": 1600},
         "C/USDT": {"tier": "fresh", "last_candle": "2024-03-10T12:00:00Z", "age_minutes": 3},
-        "D/USDT": {"tier": "empty", "last_candle": None, "age_minutes": None},  # new, backfill pending
+        "D/USDT": {"tier": "empty", "last_candle": None, "age_minutes": None},  # just added, backfill pending
         "E/USDT": {"tier": "aging", "last_candle": "2024-03-10T09:00:00Z", "age_minutes": 150},
         "F/USDT": {"tier": "empty", "last_candle": None, "age_minutes": None},
+        "G/USDT": {"tier": "aging", "last_candle": "2024-03-10T10:00:00Z", "age_minutes": 90},
     }
     before = {"A/USDT": "fresh", "B/USDT": "aging", "C/USDT": "stale", "E/USDT": "stale", "F/USDT": "fresh"}
     assert symbol_freshness_changes(before, now) == [
-        FreshnessChange("A/USDT", "WARN", "OK (fresh)", "aging, last candle 2024-03-10T09:00:00Z (3.3 h old)"),
-        FreshnessChange("B/USDT", "FAIL", "WARN (aging)", "stale, last candle 2024-03-09T09:00:00Z (26.7 h old)"),
-        FreshnessChange("F/USDT", "FAIL", "OK (fresh)", "no candles"),
+        FreshnessChange("A/USDT", "WARN", "was fresh", "aging, last candle 2024-03-10T09:00:00Z (3.3 h old)"),
+        FreshnessChange("B/USDT", "FAIL", "was aging", "stale, last candle 2024-03-09T09:00:00Z (26.7 h old)"),
+        FreshnessChange("F/USDT", "FAIL", "was fresh", "no candles"),
+        FreshnessChange("G/USDT", "WARN", "new symbol", "aging, last candle 2024-03-10T10:00:00Z (90 min old)"),
     ]
-    # Nothing seen before: every symbol counts as fresh, except one without candles yet.
-    assert [c.subject for c in symbol_freshness_changes({}, now)] == ["A/USDT", "B/USDT", "E/USDT"]
+    # The sensor's first look reports what is already WARN/FAIL, except symbols without candles yet.
+    assert [(c.subject, c.since) for c in symbol_freshness_changes(None, now)] == [
+        ("A/USDT", FIRST_LOOK), ("B/USDT", FIRST_LOOK), ("E/USDT", FIRST_LOOK), ("G/USDT", FIRST_LOOK)]
     assert symbol_freshness_changes({s: r["tier"] for s, r in now.items()}, now) == []
 
 
 def test_asset_state_changes_that_notify():
-    assert asset_freshness_change("raw_ohlcv", "PASS", "WARN", "d") == FreshnessChange("raw_ohlcv", "WARN", "PASS", "d")
+    assert asset_freshness_change("raw_ohlcv", "PASS", "WARN", "d") == FreshnessChange("raw_ohlcv", "WARN", "was PASS", "d")
     assert asset_freshness_change("raw_ohlcv", "WARN", "FAIL", "d").severity == "FAIL"
+    assert asset_freshness_change("raw_ohlcv", None, "FAIL", "d").since == "already so at the sensor's first look"
     assert [asset_freshness_change("raw_ohlcv", a, b, "d") for a, b in
-            [("FAIL", "PASS"), ("UNKNOWN", "PASS"), ("WARN", "WARN"), ("PASS", "UNKNOWN")]] == [None] * 4
+            [("FAIL", "PASS"), ("UNKNOWN", "PASS"), ("WARN", "WARN"), ("PASS", "UNKNOWN"), (None, "PASS")]] == [None] * 5
 
 
 def test_freshness_message_puts_the_worst_first():
-    n = freshness_notification([FreshnessChange("A/USDT", "WARN", "OK (fresh)", "aging"),
-                                FreshnessChange("B/USDT", "FAIL", "WARN (aging)", "stale")], "http://ui:3000")
+    n = freshness_notification([FreshnessChange("A/USDT", "WARN", "was fresh", "aging"),
+                                FreshnessChange("B/USDT", "FAIL", "was aging", "stale")], "http://ui:3000")
     assert n.text().splitlines() == [
         "[FAIL] lakehouse freshness FAIL: B/USDT, A/USDT",
-        "B/USDT: FAIL (was WARN (aging)): stale",
-        "A/USDT: WARN (was OK (fresh)): aging",
+        "B/USDT: FAIL (was aging): stale",
+        "A/USDT: WARN (was fresh): aging",
         "Open raw_ohlcv in Dagster: http://ui:3000/assets/raw_ohlcv",
     ]
 

@@ -152,7 +152,7 @@ def test_a_symbol_turning_warn_then_fail_notifies_once_per_transition(instance, 
     result = tick(notify_freshness, instance, root, cursor)
     assert [m["text"].splitlines() for m in hook.messages] == [[
         "[WARN] lakehouse freshness WARN: BTC/USDT",
-        "BTC/USDT: WARN (was OK (fresh)): aging, last candle 2024-03-10T12:33:00Z (3.0 h old)",
+        "BTC/USDT: WARN (was fresh): aging, last candle 2024-03-10T12:33:00Z (3.0 h old)",
         "Open raw_ohlcv in Dagster: http://127.0.0.1:3000/assets/raw_ohlcv",
     ]]
     assert result.skip_message.startswith("lakehouse freshness WARN: BTC/USDT: sent to webhook http://127.0.0.1:")
@@ -169,8 +169,8 @@ def test_a_symbol_turning_warn_then_fail_notifies_once_per_transition(instance, 
     assert len(hook.messages) == 2
     assert hook.messages[1]["text"].splitlines()[:3] == [
         "[FAIL] lakehouse freshness FAIL: BTC/USDT, ETH/USDT",
-        "BTC/USDT: FAIL (was WARN (aging)): stale, last candle 2024-03-10T12:33:00Z (25.0 h old)",
-        "ETH/USDT: WARN (was OK (fresh)): aging, last candle 2024-03-10T15:33:00Z (22.0 h old)",
+        "BTC/USDT: FAIL (was aging): stale, last candle 2024-03-10T12:33:00Z (25.0 h old)",
+        "ETH/USDT: WARN (was fresh): aging, last candle 2024-03-10T15:33:00Z (22.0 h old)",
     ]
 
 
@@ -217,7 +217,7 @@ def test_an_asset_freshness_change_to_warn_notifies_once(instance, root, hook):
     # A sensor starting now reports the state the asset is already in, once.
     fresh_start = tick(notify_freshness, instance, root)
     assert len(hook.messages) == 2 and hook.messages[1]["text"].splitlines()[1].startswith(
-        "prices: WARN (was PASS (at sensor start))")
+        "prices: WARN (already so at the sensor's first look): ")
     tick(notify_freshness, instance, root, fresh_start.cursor)
     assert len(hook.messages) == 2
     assert json.loads(fresh_start.cursor)["event_id"] > 0

@@ -17,7 +17,8 @@ from lakehouse.storage import Storage
 
 from .main import UsageFailure, settings
 
-REPAIR_SENSOR_NAME = "lakehouse_repair"  # sensors.repair.REPAIR_SENSOR_NAME, without importing Dagster for --url
+# sensors.repair.REPAIR_SENSOR_NAME; importing it would load every asset module, which --url does not need.
+REPAIR_SENSOR_NAME = "lakehouse_repair"
 
 
 def _short(exc: BaseException) -> str:

@@ -99,3 +99,10 @@ def test_an_unreachable_deployment_is_down_exit_2():
 def test_a_malformed_url_is_bad_input():
     result = CliRunner().invoke(cli, ["health", "--url", "localhost:3000"])
     assert result.exit_code == 2 and "expected e.g. http://127.0.0.1:3000" in result.output
+
+
+def test_health_looks_for_the_repair_sensor_by_its_real_name():
+    from cli.health import REPAIR_SENSOR_NAME
+    from sensors.repair import REPAIR_SENSOR_NAME as DEFINED
+
+    assert REPAIR_SENSOR_NAME == DEFINED

@@ -157,6 +157,12 @@ class DagsterAPI:
     def version(self) -> str:
         return self.query("{ version }")["version"]
 
+    def daemon_healthy(self, daemon_type: str = "BACKFILL") -> bool | None:
+        """Whether the deployment's daemon of this type heartbeats without errors; None if it is not required."""
+        data = self.query(_DAEMON_HEALTH, {"type": daemon_type})
+        status = data["instance"]["daemonHealth"]["daemonStatus"]
+        return bool(status["healthy"]) if status["required"] else None
+
     def partition_keys_by_dimension(self, asset: str) -> dict[str, list[str]]:
         """The asset's partition keys per dimension, e.g. {"date": [...], "symbol": ["BTC/USDT", ...]}."""
         data = self.query(_ASSET_PARTITIONS, {"key": {"path": asset.split("/")}})
@@ -435,3 +441,8 @@ query BackfillTarget($id: String!, $key: AssetKeyInput!) {
     %s
   }
 }""" % _ERROR_FIELDS
+
+_DAEMON_HEALTH = """
+query DaemonHealth($type: String!) {
+  instance { daemonHealth { daemonStatus(daemonType: $type) { required healthy } } }
+}"""

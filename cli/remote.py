@@ -401,6 +401,10 @@ def watch(api: DagsterAPI, backfill_ids: list[str], label: str, *, wait: bool, t
     links = {bid: api.backfill_link(bid) for bid in backfill_ids}
     for bid in backfill_ids:
         echo(f"backfill {bid} launched on {api.url}: {links[bid]}")
+    if call(api.daemon_healthy, "BACKFILL") is False:
+        # Accepted is not started: without a backfill daemon the backfill stays REQUESTED, and waiting times out.
+        click.echo(f"warning: the deployment's backfill daemon has no healthy heartbeat; nothing starts until "
+                   f"`dagster-daemon run` (or `lakehouse dev`) is running there", err=True)
     started = time.monotonic()
     if not wait:
         if as_json:

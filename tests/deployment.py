@@ -124,7 +124,8 @@ class Deployment:
                 v.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
-        _gone, alive = psutil.wait_procs(victims, timeout=10)
+        # Graceful first (the daemon stops its threads), but a test deployment's state is thrown away anyway.
+        _gone, alive = psutil.wait_procs(victims, timeout=4)
         for v in alive:
             try:
                 v.kill()

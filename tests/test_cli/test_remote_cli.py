@@ -8,11 +8,13 @@ list, which raw_ohlcv fails fast for (no retries).
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +61,14 @@ def lakehouse(*args, deployment: Deployment | None = None, timeout: float = 120)
     return subprocess.run([LAKEHOUSE, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def in_process(*args, deployment: Deployment):
+    """The CLI in this process (no interpreter start-up) on the deployment's instance and lakehouse root."""
+    env = {"DAGSTER_HOME": str(deployment.home), "LAKEHOUSE_ROOT": str(deployment.root)}
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def launched_id(output: str) -> str:
     match = re.search(r"backfill (\w+) launched on http", output)
     assert match, output
@@ -80,6 +90,45 @@ def test_unreachable_deployment_exits_4_and_bad_url_exits_2():
     result = CliRunner().invoke(cli, ["backfill", "--no-wait"])
     assert result.exit_code == 2
     assert "--no-wait applies to remote mode only; add --url" in result.output
+
+
+@pytest.fixture
+def bad_gateway():
+    """A loopback HTTP server that answers every request like a proxy whose Dagster is down."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_refusals_exit_4_with_what_to_do(deployment, bad_gateway):
+    run = CliRunner().invoke
+    result = run(cli, ["runs", "--url", bad_gateway])
+    assert result.exit_code == 4
+    assert "answered HTTP 502 without GraphQL JSON" in result.output
+
+    result = run(cli, ["backfill", "--url", deployment.url, "--symbols", "ETH/USDT", "--assets", "raw_ohlcv"])
+    assert result.exit_code == 4
+    assert f"the deployment at {deployment.url} does not track ETH/USDT; add them there" in result.output
+
+    result = run(cli, ["retry-failed", "nosuchid", "--url", deployment.url])
+    assert result.exit_code == 4
+    assert "nosuchid" in result.output
 
 
 def test_backfill_waits_with_progress_and_exits_0(deployment):
@@ -121,7 +170,7 @@ def test_failed_symbol_exits_1_then_runs_lists_it_and_retry_failed_reruns_only_i
 
     # The same failure as `lakehouse runs` tells it, from the deployment and from the instance itself.
     remote = json.loads(lakehouse("runs", "--failed", "--json", "--url", deployment.url).stdout)
-    local = json.loads(lakehouse("runs", "--failed", "--json", deployment=deployment).stdout)
+    local = in_process("runs", "--failed", "--json", deployment=deployment)
     for rows in (remote, local):
         assert {"kind": "backfill", "id": bid, "status": "COMPLETED_FAILED"}.items() <= \
             next(r for r in rows if r["id"] == bid).items()
@@ -165,7 +214,7 @@ def test_repair_url_launches_exactly_the_dry_run_plan(deployment):
     today = dt.datetime.now(dt.timezone.utc).date()
     start = today - dt.timedelta(days=1)
     Registry(deployment.root).upsert(TrackedSymbol("BTC/USDT", "simulated", start, dt.date(2017, 8, 17), ""))
-    plan = json.loads(lakehouse("repair", "--dry-run", "--json", deployment=deployment).stdout)["plan"]
+    plan = in_process("repair", "--dry-run", "--json", deployment=deployment)["plan"]
     assert [(p["action"], p["symbol"], p["start"], p["end"]) for p in plan] == [
         ("refetch", "BTC/USDT", str(start), str(today))]
 
@@ -178,5 +227,5 @@ def test_repair_url_launches_exactly_the_dry_run_plan(deployment):
     assert {a.asset for a in api.backfill(doc["backfill_id"]).partitioned()} == {
         "raw_ohlcv", "clean_bars", "rejected_candles", "indicators", "signals"}
     # The launched partitions are in flight now, so the next audit plans nothing for them.
-    again = json.loads(lakehouse("repair", "--dry-run", "--json", deployment=deployment).stdout)
+    again = in_process("repair", "--dry-run", "--json", deployment=deployment)
     assert again["plan"] == []

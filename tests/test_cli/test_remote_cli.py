@@ -201,28 +201,40 @@ def test_timeout_exits_3_and_says_the_backfill_keeps_running(deployment):
     assert f"{deployment.url}/runs/b/{bid}" in result.stderr and f"lakehouse runs --url {deployment.url}" in result.stderr
 
 
-def test_no_wait_exits_0_once_the_deployment_accepted_it(deployment):
-    result = lakehouse("backfill", "--url", deployment.url, "--symbols", "BTC/USDT", "--start", "2024-03-06",
-                       "--end", "2024-03-06", "--assets", "raw_ohlcv", "--no-wait", "--json", deployment=deployment)
+def test_no_wait_exits_0_once_the_deployment_accepted_it_and_defaults_to_yesterday_and_today(deployment):
+    today = dt.datetime.now(dt.timezone.utc).date()
+    yesterday = today - dt.timedelta(days=1)
+    result = lakehouse("backfill", "--url", deployment.url, "--symbols", "BTC/USDT", "--assets", "raw_ohlcv",
+                       "--no-wait", "--json", deployment=deployment)
     assert result.returncode == 0, result.stderr
+    assert f"no --start: refreshing {yesterday}..{today}" in result.stderr
     doc = json.loads(result.stdout)
     assert doc["status"] == "launched" and doc["backfill_url"] == f"{deployment.url}/runs/b/{doc['backfill_id']}"
-    assert DagsterAPI(deployment.url).backfill(doc["backfill_id"]).status in ("REQUESTED", "COMPLETED_SUCCESS")
+    api = DagsterAPI(deployment.url)
+    assert api.backfill(doc["backfill_id"]).status in ("REQUESTED", "COMPLETED_SUCCESS")
+    assert sorted(api.targeted_partitions(doc["backfill_id"], "raw_ohlcv")) == [
+        f"{yesterday}|BTC/USDT", f"{today}|BTC/USDT"]
 
 
 def test_repair_url_launches_exactly_the_dry_run_plan(deployment):
     today = dt.datetime.now(dt.timezone.utc).date()
     start = today - dt.timedelta(days=1)
-    Registry(deployment.root).upsert(TrackedSymbol("BTC/USDT", "simulated", start, dt.date(2017, 8, 17), ""))
+    # A symbol of its own: the other tests' backfills leave BTC/USDT's recent days written or in flight.
+    instance = DagsterInstance.from_config(str(deployment.home))
+    try:
+        instance.add_dynamic_partitions(SYMBOLS_PARTITION, ["SOL/USDT"])
+    finally:
+        instance.dispose()
+    Registry(deployment.root).upsert(TrackedSymbol("SOL/USDT", "simulated", start, dt.date(2020, 8, 11), ""))
     plan = in_process("repair", "--dry-run", "--json", deployment=deployment)["plan"]
     assert [(p["action"], p["symbol"], p["start"], p["end"]) for p in plan] == [
-        ("refetch", "BTC/USDT", str(start), str(today))]
+        ("refetch", "SOL/USDT", str(start), str(today))]
 
     result = lakehouse("repair", "--url", deployment.url, "--no-wait", "--json", deployment=deployment)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     api = DagsterAPI(deployment.url)
-    assert sorted(api.targeted_partitions(doc["backfill_id"], "raw_ohlcv")) == [f"{start}|BTC/USDT", f"{today}|BTC/USDT"]
+    assert sorted(api.targeted_partitions(doc["backfill_id"], "raw_ohlcv")) == [f"{start}|SOL/USDT", f"{today}|SOL/USDT"]
     # A refetch rebuilds every layer downstream of raw, as the repair sensor would request it.
     assert {a.asset for a in api.backfill(doc["backfill_id"]).partitioned()} == {
         "raw_ohlcv", "clean_bars", "rejected_candles", "indicators", "signals"}

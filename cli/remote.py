@@ -47,7 +47,7 @@ class DeploymentFailure(click.ClickException):
     exit_code = EXIT_DEPLOYMENT
 
 
-def deployment_failure(exc: Exception, api_url: str | None = None) -> DeploymentFailure:
+def deployment_failure(exc: Exception) -> DeploymentFailure:
     if isinstance(exc, DeploymentUnreachable):
         return DeploymentFailure(f"{exc}. Is the Dagster webserver running there? Check --url / DAGSTER_URL "
                                  f"(`lakehouse dev` serves http://127.0.0.1:3000).")

@@ -19,7 +19,6 @@ from dagster import (
 from lakehouse.errors import UnknownSymbolError, UserInputError
 from lakehouse.ingest import IngestReport, ingest_days
 from lakehouse.schema import RAW_OHLCV
-from lakehouse.timeutil import day_start_ms
 from resources import ExchangeResource, LakehouseResource
 
 from .freshness import freshness_policy

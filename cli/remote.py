@@ -17,6 +17,8 @@ from typing import Callable
 
 import click
 
+from lakehouse.run_tags import BACKFILL_TAG, covered_partitions, describe_partitions, split_key
+
 from .dagster_api import (
     Backfill,
     DagsterAPI,
@@ -33,10 +35,6 @@ EXIT_DEPLOYMENT = 4
 DEFAULT_TIMEOUT = "60m"
 RAW_ASSET = "raw_ohlcv"
 CANDLES = "candles"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITION_TAG = "dagster/partition"
-BACKFILL_TAG = "dagster/backfill"
 # How long polling may fail to reach the deployment before the CLI gives up (a webserver restart takes a while).
 UNREACHABLE_GRACE_S = 30.0
 
@@ -122,49 +120,6 @@ def call(fn: Callable, *args, **kwargs):
 def partition_name(symbol: str, day: dt.date) -> str:
     """The deployment's key for a symbol x day partition (MultiPartitionKey's string form)."""
     return f"{day.isoformat()}|{symbol}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """'2024-01-02|BTC/USDT' -> ('BTC/USDT', '2024-01-02')."""
-    day, _, symbol = key.partition("|")
-    return symbol, day
-
-
-def run_partitions(run: RunInfo, symbol_order: list[str]) -> tuple[set[str], set[str]] | None:
-    """(symbols, days) a run covers, from its range or partition tags; None when it carries neither.
-
-    A range run over the symbol x day partitions covers the rectangle between its two corner keys."""
-    tags = run.tags
-    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-        s1, d1 = split_key(tags[RANGE_START_TAG])
-        s2, d2 = split_key(tags[RANGE_END_TAG])
-        if s1 in symbol_order and s2 in symbol_order:
-            i, j = sorted((symbol_order.index(s1), symbol_order.index(s2)))
-            symbols = set(symbol_order[i:j + 1])
-        else:
-            symbols = {s1, s2}
-        lo, hi = sorted((d1, d2))
-        first, last = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi)
-        return symbols, {(first + dt.timedelta(days=k)).isoformat() for k in range((last - first).days + 1)}
-    if "|" in tags.get(PARTITION_TAG, ""):
-        symbol, day = split_key(tags[PARTITION_TAG])
-        return {symbol}, {day}
-    return None
-
-
-def describe_run(run: RunInfo) -> str:
-    """'BTC/USDT 2024-01-01..2024-01-03' from a run's tags, '' if it has none."""
-    tags = run.tags
-    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-        s1, d1 = split_key(tags[RANGE_START_TAG])
-        s2, d2 = split_key(tags[RANGE_END_TAG])
-        symbols = s1 if s1 == s2 else f"{s1}..{s2}"
-        days = d1 if d1 == d2 else f"{d1}..{d2}"
-        return f"{symbols} {days}".strip()
-    if "|" in tags.get(PARTITION_TAG, ""):
-        symbol, day = split_key(tags[PARTITION_TAG])
-        return f"{symbol} {day}"
-    return tags.get(PARTITION_TAG, "")
 
 
 # launching -------------------------------------------------------------------------------------------
@@ -324,7 +279,7 @@ class BackfillWatcher:
         assets = [a for b in self.backfills.values() for a in b.partitioned()]
         running = [r for runs in self.runs.values() for r in runs if r.status in ("STARTING", "STARTED")]
         queued = sum(1 for runs in self.runs.values() for r in runs if r.status in ("QUEUED", "NOT_STARTED"))
-        notes = [describe_run(r) for r in running if describe_run(r)]
+        notes = [d for d in (describe_partitions(r.tags) for r in running) if d]
         note = ", ".join(notes[:2]) + (f" +{len(notes) - 2}" if len(notes) > 2 else "")
         if queued:
             note = f"{note} ({queued} run(s) queued)".strip()
@@ -373,9 +328,9 @@ class BackfillWatcher:
                 symbol_order = self.api.partition_keys_by_dimension(RAW_ASSET).get("symbol", [])
             left = dict(missing)
             for run in failed_runs:
-                cover = run_partitions(run, symbol_order or [])
-                mine = sorted(k for k in left
-                              if cover is None or (split_key(k)[0] in cover[0] and split_key(k)[1] in cover[1]))
+                pairs = covered_partitions(run.tags, symbol_order or [])
+                cover = None if pairs is None else {(s, d.isoformat()) for s, d in pairs}
+                mine = sorted(k for k in left if cover is None or split_key(k) in cover)
                 if not mine and cover is not None:
                     continue
                 errors = self.api.run_errors(run.run_id) or [f"run {run.status.lower()}"]
@@ -403,8 +358,8 @@ def watch(api: DagsterAPI, backfill_ids: list[str], label: str, *, wait: bool, t
         echo(f"backfill {bid} launched on {api.url}: {links[bid]}")
     if call(api.daemon_healthy, "BACKFILL") is False:
         # Accepted is not started: without a backfill daemon the backfill stays REQUESTED, and waiting times out.
-        click.echo(f"warning: the deployment's backfill daemon has no healthy heartbeat; nothing starts until "
-                   f"`dagster-daemon run` (or `lakehouse dev`) is running there", err=True)
+        click.echo("warning: the deployment's backfill daemon has no healthy heartbeat; nothing starts until "
+                   "`dagster-daemon run` (or `lakehouse dev`) is running there", err=True)
     started = time.monotonic()
     if not wait:
         if as_json:
@@ -444,7 +399,7 @@ def _report(api: DagsterAPI, outcome: Outcome, as_json: bool) -> None:
     for g in outcome.failed:
         click.echo(g.line(), err=True)
     if outcome.failed:
-        click.echo(f"rerun only the failed partitions with: "
+        click.echo("rerun only the failed partitions with: "
                    + "; ".join(f"lakehouse retry-failed {b} --url {api.url}"
                                for b in dict.fromkeys(g.backfill_id for g in outcome.failed)), err=True)
 
@@ -463,7 +418,7 @@ def _iso(ts: float | None) -> str | None:
 def run_row(run: RunInfo, error: str | None, link: str | None = None) -> dict:
     duration = (run.ended - run.started) if run.ended and run.started else None
     return {"kind": "run", "id": run.run_id, "status": run.status, "created": _iso(run.created),
-            "duration_s": round(duration, 1) if duration is not None else None, "partitions": describe_run(run),
+            "duration_s": round(duration, 1) if duration is not None else None, "partitions": describe_partitions(run.tags) or "",
             "backfill_id": run.tags.get(BACKFILL_TAG), "error": error, "url": link}
 
 

@@ -60,7 +60,9 @@ def plan_batches(defs, audit: Audit, requests: list[RepairRequest], launched_by:
 
 def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None) -> list:
     """Run each planned request in-process and synchronously, in order; returns cli.runner.RangeOutcome's."""
-    from .runner import RANGE_END_TAG, RANGE_START_TAG, run_plan
+    from lakehouse.run_tags import RANGE_END_TAG, RANGE_START_TAG
+
+    from .runner import run_plan
 
     audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
     batches = plan_batches(defs, audit, requests, "lakehouse repair")

@@ -7,12 +7,9 @@ import datetime as dt
 
 from dagster import AssetKey, DagsterInstance, materialize
 
-from assets.partitions import partition_key
 from lakehouse import progress
 from lakehouse.ingest import contiguous_ranges
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+from lakehouse.run_tags import range_tags
 
 
 @dataclasses.dataclass
@@ -37,8 +34,7 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], symbol: str
               tags: dict | None = None) -> RangeOutcome:
     """Materialize `selection` for one symbol over [start, end] as a single run (as a UI backfill would)."""
     run_tags = {
-        RANGE_START_TAG: str(partition_key(symbol, start)),
-        RANGE_END_TAG: str(partition_key(symbol, end)),
+        **range_tags(symbol, start, end),
         "lakehouse/launched_by": "cli",
         **(tags or {}),
     }

@@ -24,7 +24,6 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import parse_partition_key
 from lakehouse.config import Settings
 from lakehouse.notify import (
     asset_freshness_change,
@@ -33,36 +32,20 @@ from lakehouse.notify import (
     run_failure_notification,
     symbol_freshness_changes,
 )
+from lakehouse.run_tags import describe_partitions
 from lakehouse.schema import RAW_OHLCV
 from resources import LakehouseResource
+from sensors.cursor import load_cursor
 
 RUN_FAILURE_SENSOR_NAME = "lakehouse_notify_run_failure"
 FRESHNESS_SENSOR_NAME = "lakehouse_notify_freshness"
 SYMBOL_FRESHNESS_CHECK_KEY = AssetCheckKey(AssetKey(RAW_OHLCV), "symbol_freshness")
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITION_TAG = "dagster/partition"
 # On its first tick the freshness sensor looks this far back for each asset's current state.
 FIRST_TICK_EVENTS = 500
 EVENTS_PER_TICK = 200
 
 
 # run failures -------------------------------------------------------------------------------------
-def partitions_text(tags) -> str | None:
-    """'BTC/USDT 2024-03-05..2024-03-10' from a run's range or single-partition tags."""
-    try:
-        if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-            (s1, d1), (s2, d2) = parse_partition_key(tags[RANGE_START_TAG]), parse_partition_key(tags[RANGE_END_TAG])
-            days = str(d1) if d1 == d2 else f"{d1}..{d2}"
-            return f"{s1} {days}" if s1 == s2 else f"{tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}"
-        if PARTITION_TAG in tags:
-            symbol, day = parse_partition_key(tags[PARTITION_TAG])
-            return f"{symbol} {day}"
-    except Exception:  # a run tagged with another partitioning: show the raw tag rather than nothing
-        return tags.get(PARTITION_TAG) or tags.get(RANGE_START_TAG)
-    return None
-
-
 def failure_messages(context: RunFailureSensorContext) -> tuple[list[str], list[str]]:
     """(failed step keys, one line per failed step with the user-facing cause: the bottom of Dagster's error chain)."""
     steps, out = [], []
@@ -93,20 +76,12 @@ def notify_run_failure(context: RunFailureSensorContext, lakehouse: LakehouseRes
     steps, errors = failure_messages(context)
     # In-process runs (materialize, the CLI) carry no asset selection; their failed steps name the assets.
     assets = sorted(k.to_user_string() for k in (run.asset_selection or ())) or steps
-    message = run_failure_notification(run.run_id, run.job_name, assets, partitions_text(run.tags), errors,
+    message = run_failure_notification(run.run_id, run.job_name, assets, describe_partitions(run.tags), errors,
                                        dict(run.tags), settings.ui_url)
     notify(message, settings.webhook_url, context.log.info, context.log.error, lakehouse.storage())
 
 
 # freshness ----------------------------------------------------------------------------------------
-def _load_cursor(raw: str | None) -> dict:
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _symbol_changes(instance, cursor: dict) -> list:
     """Per-symbol tiers from the newest symbol_freshness evaluation, against those the cursor saw last."""
     record = instance.get_latest_asset_check_evaluation_record(SYMBOL_FRESHNESS_CHECK_KEY)
@@ -160,7 +135,7 @@ def _asset_changes(instance, cursor: dict) -> list:
 )
 def notify_freshness(context: SensorEvaluationContext, lakehouse: LakehouseResource):
     settings = Settings.from_env()
-    cursor = _load_cursor(context.cursor)
+    cursor = load_cursor(context.cursor)
     changes = _symbol_changes(context.instance, cursor) + _asset_changes(context.instance, cursor)
     if not changes:
         return SensorResult(skip_reason=SkipReason("no symbol or asset turned WARN or FAIL since the last tick"),

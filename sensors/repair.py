@@ -27,17 +27,15 @@ from dagster import (
 )
 
 from assets.partitions import SYMBOLS_PARTITION, parse_partition_key, symbol_day_partitions
-from lakehouse.audit import REFETCH, Audit, Auditor, RepairRequest, audited_layers
+from lakehouse.audit import Audit, Auditor, RepairRequest, audited_layers
 from lakehouse.config import Settings
 from lakehouse.registry import Registry, TrackedSymbol
+from lakehouse.run_tags import covered_partitions, range_tags
 from lakehouse.schema import RAW_OHLCV
-from lakehouse.timeutil import days
 from resources import ExchangeResource, LakehouseResource
+from sensors.cursor import load_cursor
 
 REPAIR_SENSOR_NAME = "lakehouse_repair"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITION_TAG = "dagster/partition"
 SYMBOL_FRESHNESS_CHECK = "symbol_freshness"
 # Queued runs count: a request the daemon has not started yet must not be requested again.
 ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -58,36 +56,12 @@ def tracked_symbols(instance, registry: Registry) -> tuple[list[TrackedSymbol], 
     return [e for s, e in sorted(entries.items()) if s in partitions], notes
 
 
-def _symbols_between(instance, first: str, last: str) -> list[str]:
-    if first == last:
-        return [first]
-    ordered = list(instance.get_dynamic_partitions(SYMBOLS_PARTITION))
-    try:
-        i, j = ordered.index(first), ordered.index(last)
-    except ValueError:
-        return [first, last]
-    return ordered[min(i, j): max(i, j) + 1]
-
-
-def partitions_of_tags(instance, tags) -> list[tuple[str, dt.date]]:
-    """(symbol, day) pairs a run covers, from its range tags or its single-partition tag."""
-    try:
-        if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-            s1, d1 = parse_partition_key(tags[RANGE_START_TAG])
-            s2, d2 = parse_partition_key(tags[RANGE_END_TAG])
-            return [(s, d) for s in _symbols_between(instance, s1, s2) for d in days(min(d1, d2), max(d1, d2))]
-        if PARTITION_TAG in tags and "|" in tags[PARTITION_TAG]:
-            return [parse_partition_key(tags[PARTITION_TAG])]
-    except Exception:  # a run tagged by hand with something else is not ours to interpret
-        return []
-    return []
-
-
 def in_flight_partitions(instance) -> dict[str, set[dt.date]]:
     """symbol -> days that a queued or running run, or a backfill still in progress, already covers."""
     out: dict[str, set[dt.date]] = {}
+    order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
     for record in instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES)):
-        for symbol, day in partitions_of_tags(instance, record.dagster_run.tags):
+        for symbol, day in covered_partitions(record.dagster_run.tags, order) or ():
             out.setdefault(symbol, set()).add(day)
     try:
         from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
@@ -109,9 +83,10 @@ def in_flight_partitions(instance) -> dict[str, set[dt.date]]:
 def last_runs_by_symbol(instance, limit: int = 300) -> dict[str, dict]:
     """The newest finished-or-running run of each symbol among the last `limit` runs (one query)."""
     out: dict[str, dict] = {}
+    order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
     for record in instance.get_run_records(limit=limit):
         run = record.dagster_run
-        for symbol in {s for s, _ in partitions_of_tags(instance, run.tags)}:
+        for symbol in {s for s, _ in covered_partitions(run.tags, order) or ()}:
             if symbol not in out:
                 ended = record.end_time or record.start_time or record.create_timestamp.timestamp()
                 out[symbol] = {"status": run.status.value, "run_id": run.run_id,
@@ -153,11 +128,8 @@ def selection_for(request: RepairRequest, asset_graph) -> tuple[list[AssetKey], 
 
 
 def request_tags(request: RepairRequest, summary: str, launched_by: str) -> dict[str, str]:
-    from assets.partitions import partition_key
-
     return {
-        RANGE_START_TAG: str(partition_key(request.symbol, request.start)),
-        RANGE_END_TAG: str(partition_key(request.symbol, request.end)),
+        **range_tags(request.symbol, request.start, request.end),
         "lakehouse/launched_by": launched_by,
         "lakehouse/symbol": request.symbol,
         "lakehouse/repair": request.action,
@@ -220,7 +192,7 @@ def build_repair_sensor(
         audit, _ = audit_now(context.instance, lakehouse, exchange, asset_graph, settings, read_budget_s=READ_BUDGET_S)
         requests = audit.plan[: settings.repair_max_runs]
         audit.commit(requests)
-        cursor = _load_cursor(context.cursor)
+        cursor = load_cursor(context.cursor)
         _report_freshness(context, audit, asset_graph, cursor)
         summary = audit.summary()
         deferred = len(audit.plan) - len(requests)
@@ -236,14 +208,6 @@ def build_repair_sensor(
         return SensorResult(run_requests=run_requests(audit, requests, asset_graph), cursor=json.dumps(cursor))
 
     return _repair
-
-
-def _load_cursor(raw: str | None) -> dict:
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _report_freshness(context: SensorEvaluationContext, audit: Audit, asset_graph, cursor: dict) -> None:

@@ -1,0 +1,34 @@
+import datetime as dt
+
+from assets.partitions import partition_key
+from lakehouse.run_tags import covered_partitions, describe_partitions, range_tags
+
+D1, D3 = dt.date(2024, 3, 1), dt.date(2024, 3, 3)
+
+
+def test_range_tags_use_dagsters_own_key_format():
+    tags = range_tags("BTC/USDT", D1, D3)
+    assert list(tags.values()) == [str(partition_key("BTC/USDT", D1)), str(partition_key("BTC/USDT", D3))]
+
+
+def test_a_range_run_covers_every_day_between_its_corners():
+    assert covered_partitions(range_tags("BTC/USDT", D1, D3)) == [
+        ("BTC/USDT", D1), ("BTC/USDT", dt.date(2024, 3, 2)), ("BTC/USDT", D3)]
+    assert describe_partitions(range_tags("BTC/USDT", D1, D3)) == "BTC/USDT 2024-03-01..2024-03-03"
+
+
+def test_a_range_across_symbols_follows_the_partition_order():
+    tags = {"dagster/asset_partition_range_start": "2024-03-01|AAA/USDT",
+            "dagster/asset_partition_range_end": "2024-03-01|CCC/USDT"}
+    assert covered_partitions(tags, ["AAA/USDT", "BBB/USDT", "CCC/USDT"]) == [
+        ("AAA/USDT", D1), ("BBB/USDT", D1), ("CCC/USDT", D1)]
+    assert covered_partitions(tags) == [("AAA/USDT", D1), ("CCC/USDT", D1)]
+    assert describe_partitions(tags) == "AAA/USDT..CCC/USDT 2024-03-01"
+
+
+def test_single_partition_and_foreign_tags():
+    assert covered_partitions({"dagster/partition": "2024-03-01|BTC/USDT"}) == [("BTC/USDT", D1)]
+    assert covered_partitions({"dagster/partition": "2024-03-01"}) is None
+    assert covered_partitions({"dagster/partition": "x|BTC/USDT"}) is None
+    assert describe_partitions({"dagster/partition": "2024-03-01"}) == "2024-03-01"
+    assert describe_partitions({}) is None

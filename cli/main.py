@@ -430,10 +430,3 @@ from .health import health  # noqa: E402  (cli.health imports UsageFailure from 
 
 cli.add_command(health)
 
-
-def main():
-    cli()
-
-
-if __name__ == "__main__":
-    main()

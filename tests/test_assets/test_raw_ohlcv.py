@@ -1,6 +1,6 @@
 import datetime as dt
 
-from dagster import DagsterEventType, EventRecordsFilter, AssetKey, materialize
+from dagster import DagsterEventType, AssetKey, materialize
 
 from assets.partitions import partition_key
 from assets.raw import raw_ohlcv

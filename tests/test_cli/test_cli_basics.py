@@ -107,3 +107,14 @@ def test_query_formats_and_bad_sql(run):
     assert run("query", "select 1 as a, 'x' as b", "--format", "json").output.strip() == '[\n  {\n    "a": 1,\n    "b": "x"\n  }\n]'
     bad = run("query", "select * from nowhere")
     assert bad.exit_code == 2 and "query failed" in bad.output
+
+
+def test_python_dash_m_cli_is_the_lakehouse_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-m", "cli", "backfill", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: lakehouse backfill [OPTIONS]")

@@ -248,6 +248,23 @@ def _fmt_gaps(gaps: list) -> str:
     return ";".join(f"{s}-{e}" for s, e in gaps)
 
 
+def gap_detail(gaps: list) -> str:
+    """How an incomplete raw day is described, and fingerprinted when its gaps are confirmed at the source."""
+    return "gaps " + _fmt_gaps(gaps)
+
+
+def raw_day_gaps(entry: list, wstart: int, we: int, closed: bool) -> list[list[int]]:
+    """[start_ms, end_ms) windows of the day's window [wstart, we) without a candle, from a manifest entry;
+    a day still forming has no trailing gap (its newest minutes are judged by staleness instead)."""
+    if not entry[ROWS] or entry[FIRST] is None:
+        return [[wstart, we]] if closed and we > wstart else []
+    gaps = [[wstart, entry[FIRST]]] if entry[FIRST] > wstart else []
+    gaps.extend(entry[GAPS])
+    if closed and entry[LAST] + MINUTE_MS < we:
+        gaps.append([entry[LAST] + MINUTE_MS, we])
+    return gaps
+
+
 @dataclasses.dataclass
 class Audit:
     """The outcome of one audit: findings, coverage per symbol, and the plan (see commit)."""
@@ -418,7 +435,7 @@ class Auditor:
                 elif (e := raw_sum.get(iso)) is None:
                     continue  # changed, not re-read yet (read budget spent): next audit
                 else:
-                    rows = e[ROWS]
+                    rows = e[ROWS] if e[FIRST] is not None else 0  # only misaligned rows: no minute covered
                     wstart = e[FIRST] if iso == listing_iso and rows else ws
                     expected = max(0, (we - wstart) // MINUTE_MS)
                     cov.expected_minutes += expected
@@ -436,19 +453,12 @@ class Auditor:
                     elif iso in raw_blocked:
                         state, detail = INVALID, "failed blocking check(s): " + ", ".join(raw_blocked[iso])
                     else:
-                        if not rows:
-                            gaps = [[wstart, we]] if closed and we > wstart else []
-                        else:
-                            if e[FIRST] > wstart:
-                                gaps.append([wstart, e[FIRST]])
-                            gaps.extend(e[GAPS])
-                            if closed and e[LAST] + MINUTE_MS < we:
-                                gaps.append([e[LAST] + MINUTE_MS, we])
+                        gaps = raw_day_gaps(e, wstart, we, closed)
                         newest_close = (e[LAST] + MINUTE_MS) if rows else wstart
                         if not closed and now_ms - newest_close > lag_ms:
                             state, detail = STALE, f"newest candle {ms_to_iso(e[LAST]) if rows else 'none'}"
                         elif gaps:
-                            state, detail = INCOMPLETE, "gaps " + _fmt_gaps(gaps)
+                            state, detail = INCOMPLETE, gap_detail(gaps)
                 key = ledger_key(RAW_OHLCV, ex, sym, iso)
                 if state == OK:
                     continue

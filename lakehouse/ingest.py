@@ -7,8 +7,11 @@ days it finished.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import datetime as dt
+import itertools
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -16,9 +19,9 @@ import numpy as np
 import polars as pl
 
 from . import progress
-from .errors import IncompleteFetchError
+from .errors import IncompleteFetchError, LakehouseError
 from .exchange.base import Exchange
-from .schema import RAW_OHLCV, TS
+from .schema import RAW_OHLCV, RAW_SCHEMA, TS
 from .storage import Storage
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms, ms_to_iso
 
@@ -32,18 +35,20 @@ class DayResult:
     first_ms: int | None
     last_ms: int | None
     gaps: list[tuple[int, int]]  # [start_ms, end_ms) windows without a candle
-    skipped: bool = False
+    skipped: bool = False  # kept as stored, not fetched again
+    present: int | None = None  # whole minutes with a candle (rows may hold duplicates and misaligned ones)
 
     @property
     def missing_minutes(self) -> int:
-        return max(0, self.expected - self.candles)
+        return max(0, self.expected - (self.candles if self.present is None else self.present))
 
     def metadata(self) -> dict:
         return {
             "candles": self.candles,
             "expected": self.expected,
             "missing_minutes": self.missing_minutes,
-            "coverage_pct": round(100.0 * self.candles / self.expected, 3) if self.expected else 100.0,
+            "coverage_pct": round(100.0 * (self.expected - self.missing_minutes) / self.expected, 3)
+            if self.expected else 100.0,
             "gaps": len(self.gaps),
             "first_candle": ms_to_iso(self.first_ms),
             "last_candle": ms_to_iso(self.last_ms),
@@ -69,6 +74,10 @@ class IngestReport:
     def expected(self) -> int:
         return sum(d.expected for d in self.days)
 
+    @property
+    def missing_minutes(self) -> int:
+        return sum(d.missing_minutes for d in self.days)
+
     @classmethod
     def combine(cls, reports: list["IngestReport"]) -> "IngestReport":
         return cls(
@@ -88,12 +97,14 @@ class IngestReport:
         return {
             "candles": self.candles,
             "expected": self.expected,
-            "missing_minutes": self.expected - self.candles,
-            "coverage_pct": round(100.0 * self.candles / self.expected, 3) if self.expected else 100.0,
+            "missing_minutes": self.missing_minutes,
+            "coverage_pct": round(100.0 * (self.expected - self.missing_minutes) / self.expected, 3)
+            if self.expected else 100.0,
             "gaps": sum(len(d.gaps) for d in self.days),
             "first_candle": ms_to_iso(min(firsts)) if firsts else None,
             "last_candle": ms_to_iso(max(lasts)) if lasts else None,
             "days": len(self.days),
+            "days_kept": sum(1 for d in self.days if d.skipped),
             "first_day": str(self.days[0].day) if self.days else None,
             "last_day": str(self.days[-1].day) if self.days else None,
             "requests": self.requests,
@@ -115,30 +126,77 @@ def contiguous_ranges(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
     return ranges
 
 
-def iter_pages(exchange: Exchange, symbol: str, start_ms: int, end_ms: int) -> Iterator[list]:
-    """Pages of closed candles in [start_ms, end_ms), each verified before it is yielded."""
-    since = start_ms
-    while since < end_ms:
-        page = exchange.fetch_page(symbol, since, end_ms - 1, exchange.page_limit)
-        if not page:
-            return  # a well-formed empty answer: the exchange has nothing left in the window
-        prev = since - MINUTE_MS
-        for candle in page:
-            ts = int(candle[0])
-            if ts % MINUTE_MS or ts < since or ts >= end_ms or ts <= prev:
-                raise IncompleteFetchError(
-                    f"{exchange.id} {symbol}: candle at {ms_to_iso(ts)} is outside the requested window "
-                    f"[{ms_to_iso(since)}, {ms_to_iso(end_ms)}) or out of order; nothing was written"
-                )
-            if len(candle) < 6:
-                raise IncompleteFetchError(f"{exchange.id} {symbol}: candle {candle!r} lacks OHLCV fields")
-            prev = ts
-        yield page
-        since = prev + MINUTE_MS
+def fetch_window(exchange: Exchange, symbol: str, lo: int, hi: int) -> np.ndarray:
+    """Every row the exchange sends for open times in [lo, hi), in the order sent, paging as needed.
+
+    A full page may stop in the middle of a timestamp's rows (a duplicated candle split across two pages), so
+    the next page starts *at* the page's last open time and that timestamp's rows are taken from it alone.
+    """
+    limit = exchange.page_limit
+    parts: list[np.ndarray] = []
+    since = lo
+    while since < hi:
+        page = np.asarray(exchange.fetch_page(symbol, since, hi - 1, limit), dtype=np.float64).reshape(-1, 6)
+        if not len(page):
+            break  # a well-formed empty answer: the exchange has nothing left in the window
+        ts = page[:, 0]
+        bad = (ts < since) | (ts >= hi)
+        if bad.any():
+            raise IncompleteFetchError(
+                f"{exchange.id} {symbol}: candle at {ms_to_iso(int(ts[bad][0]))} is outside the requested window "
+                f"[{ms_to_iso(since)}, {ms_to_iso(hi)}); nothing was written"
+            )
+        last = int(ts.max())
+        if len(page) >= limit and last > since and (ts != last).any():
+            parts.append(page[ts < last])
+            since = last
+        else:
+            parts.append(page)
+            since = (last // MINUTE_MS + 1) * MINUTE_MS
+    if not parts:
+        return np.empty((0, 6))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _chunks(start_ms: int, end_ms: int, minutes: int) -> Iterator[tuple[int, int]]:
+    span = minutes * MINUTE_MS
+    lo = start_ms
+    while lo < end_ms:
+        yield lo, min(end_ms, lo + span)
+        lo += span
+
+
+def iter_windows(exchange: Exchange, symbol: str, windows: list[tuple[int, int]],
+                 workers: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(lo, hi, rows) for each window in order; up to `workers` windows are fetched at once (a bounded pool,
+    so latency overlaps while the exchange client keeps the weight budget), and at most twice that many wait
+    to be consumed, so memory stays flat over long ranges."""
+    workers = max(1, workers or exchange.concurrency)
+    if workers == 1 or len(windows) == 1:
+        for lo, hi in windows:
+            yield lo, hi, fetch_window(exchange, symbol, lo, hi)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{exchange.id}")
+    pending: collections.deque = collections.deque()
+    todo = iter(windows)
+    try:
+        for lo, hi in itertools.islice(todo, 2 * workers):
+            pending.append((lo, hi, pool.submit(fetch_window, exchange, symbol, lo, hi)))
+        while pending:
+            lo, hi, future = pending.popleft()
+            rows = future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((*nxt, pool.submit(fetch_window, exchange, symbol, *nxt)))
+            yield lo, hi, rows
+    finally:
+        for _, _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def _gaps(ts: np.ndarray, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """Windows inside [start_ms, end_ms) with no candle."""
+    """Windows inside [start_ms, end_ms) with no candle; `ts` are sorted unique whole minutes."""
     if end_ms <= start_ms:
         return []
     if ts.size == 0:
@@ -148,8 +206,9 @@ def _gaps(ts: np.ndarray, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     return [(int(bounds[i] + MINUTE_MS), int(bounds[i + 1])) for i in jumps]
 
 
-def _frame(rows: list[list], exchange_id: str, symbol: str, fetched_at_ms: int) -> pl.DataFrame:
-    arr = np.asarray([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
+def _frame(rows: np.ndarray, exchange_id: str, symbol: str, fetched_at_ms: int) -> pl.DataFrame:
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+    n = len(arr)
     return pl.DataFrame(
         {
             "timestamp": pl.Series(arr[:, 0].astype(np.int64)).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
@@ -158,12 +217,36 @@ def _frame(rows: list[list], exchange_id: str, symbol: str, fetched_at_ms: int) 
             "low": arr[:, 3],
             "close": arr[:, 4],
             "volume": arr[:, 5],
-            "exchange": [exchange_id] * len(arr),
-            "symbol": [symbol] * len(arr),
-            "fetched_at": pl.Series([fetched_at_ms] * len(arr), dtype=pl.Int64).cast(TS),
+            "exchange": pl.repeat(exchange_id, n, eager=True, dtype=pl.String),
+            "symbol": pl.repeat(symbol, n, eager=True, dtype=pl.String),
+            "fetched_at": pl.repeat(fetched_at_ms, n, eager=True, dtype=pl.Int64).cast(TS),
         },
         schema_overrides={"timestamp": TS},
     )
+
+
+@dataclasses.dataclass
+class _DayPlan:
+    day: dt.date
+    start_ms: int  # first open time to fetch: the day's window start, or just after the stored candles kept
+    end_ms: int  # the day's window end (exclusive): midnight, or the forming candle today
+    kept: pl.DataFrame | None = None  # stored rows kept as they are (a tail fetch appends to them)
+
+
+class _Listing:
+    """The symbol's listing time, asked of the exchange only when a day's window depends on it."""
+
+    def __init__(self, exchange: Exchange, symbol: str):
+        self.exchange, self.symbol, self._value, self._asked = exchange, symbol, None, False
+
+    def __call__(self) -> int | None:
+        if not self._asked:
+            self._value, self._asked = self.exchange.listing_ms(self.symbol), True
+        return self._value
+
+    def window_start(self, day_start: int) -> int:
+        listing = self()
+        return max(day_start, listing) if listing is not None else day_start
 
 
 def ingest_days(
@@ -172,39 +255,64 @@ def ingest_days(
     symbol: str,
     days: Iterable[dt.date],
     keep: Callable[[dt.date], bool] | None = None,
+    *,
+    refetch: bool = False,
+    workers: int | None = None,
 ) -> IngestReport:
-    """Fetch and store raw 1m candles for each day; `keep(day)` True means that day's file is kept as is
-    (used to resume an interrupted range run without fetching again what it already wrote)."""
+    """Fetch and store raw 1m candles for each day.
+
+    A closed day whose stored file is valid and complete (every minute of its window, or gaps already
+    confirmed at the source) is kept without asking the exchange, unless `refetch`; a day whose file holds
+    an unbroken run of candles from its start gets only the minutes after them. `keep(day)` True keeps that
+    day's file as is regardless (an interrupted run resuming what it already wrote).
+    """
     symbol = exchange.check_symbol(symbol)
     started = time.monotonic()
     before = dataclasses.replace(exchange.stats)
-    listing = exchange.listing_ms(symbol)
     now = exchange.now_ms()
     closed_end = (now // MINUTE_MS) * MINUTE_MS  # the forming candle starts here and is never stored
+    listing = _Listing(exchange, symbol)
     results: list[DayResult] = []
     todo = sorted(set(days))
-    for first, last in contiguous_ranges(d for d in todo if not (keep and keep(d))):
-        start_ms = day_start_ms(first)
-        if listing is not None:
-            start_ms = max(start_ms, listing)
-        end_ms = min(day_start_ms(last) + DAY_MS, closed_end)
-        buffers: dict[dt.date, list[list]] = {}
-        pending = list(_days_between(first, last))
+    forced = {d for d in todo if keep and keep(d)}
+    stored = {} if refetch else _stored_summaries(storage, exchange.id, symbol, todo)
+    confirmed = _confirmed_gaps(storage, exchange.id, symbol) if stored else {}
+    plans: list[_DayPlan] = []
+    for day in todo:
+        ws = day_start_ms(day)
+        we = min(ws + DAY_MS, closed_end)
+        entry = stored.get(day)
+        if day in forced:
+            results.append(_kept_result(symbol, day, entry, ws, we, listing))
+            continue
+        plan = _plan_day(storage, exchange.id, symbol, day, ws, we, entry, confirmed, listing)
+        if plan is None:
+            results.append(_kept_result(symbol, day, entry, ws, we, listing))
+        else:
+            plans.append(plan)
+    for group in _contiguous(plans):
+        start_ms = group[0].start_ms
+        if group[0].kept is None:
+            start_ms = listing.window_start(start_ms)  # nothing to ask for before the listing
+        end_ms = group[-1].end_ms
+        buffers: dict[dt.date, list[np.ndarray]] = {}
+        pending = list(group)
 
-        def flush(until_day: dt.date | None) -> None:
-            while pending and (until_day is None or pending[0] < until_day):
-                day = pending.pop(0)
-                results.append(_store_day(storage, exchange, symbol, day, buffers.pop(day, []), listing, closed_end, now))
+        def flush(until_ms: int | None) -> None:
+            while pending and (until_ms is None or pending[0].end_ms <= until_ms):
+                plan = pending.pop(0)
+                rows = buffers.pop(plan.day, [])
+                results.append(_store_day(storage, exchange, symbol, plan, rows, listing, closed_end, now))
 
-        for page in iter_pages(exchange, symbol, start_ms, end_ms) if start_ms < end_ms else ():
-            for candle in page:
-                day = dt.datetime.fromtimestamp(candle[0] / 1000, tz=dt.timezone.utc).date()
-                buffers.setdefault(day, []).append(candle)
-            flush(dt.datetime.fromtimestamp(page[-1][0] / 1000, tz=dt.timezone.utc).date())
+        windows = list(_chunks(start_ms, end_ms, exchange.page_limit - 1)) if start_ms < end_ms else []
+        for lo, hi, rows in iter_windows(exchange, symbol, windows, workers):
+            if len(rows):
+                day_index = rows[:, 0].astype(np.int64) // DAY_MS
+                for index in np.unique(day_index):
+                    day = dt.date(1970, 1, 1) + dt.timedelta(days=int(index))
+                    buffers.setdefault(day, []).append(rows[day_index == index])
+            flush(hi)
         flush(None)
-    for d in todo:
-        if keep and keep(d):
-            results.append(DayResult(symbol, d, 0, 0, None, None, [], skipped=True))
     results.sort(key=lambda r: r.day)
     s = exchange.stats
     return IngestReport(
@@ -219,26 +327,104 @@ def ingest_days(
     )
 
 
-def _days_between(first: dt.date, last: dt.date) -> Iterator[dt.date]:
-    d = first
-    while d <= last:
-        yield d
-        d += dt.timedelta(days=1)
+def _contiguous(plans: list[_DayPlan]) -> Iterator[list[_DayPlan]]:
+    """Plans whose windows abut are fetched as one stream (pages run across day boundaries)."""
+    group: list[_DayPlan] = []
+    for plan in plans:
+        if group and (plan.start_ms != group[-1].end_ms or plan.kept is not None):
+            yield group
+            group = []
+        group.append(plan)
+    if group:
+        yield group
 
 
-def _store_day(storage, exchange, symbol, day, rows, listing, closed_end, now) -> DayResult:
-    start = day_start_ms(day)
-    window_start = max(start, listing) if listing is not None else start
+def _stored_summaries(storage: Storage, exchange_id: str, symbol: str, days: list[dt.date]) -> dict[dt.date, list]:
+    """Manifest summaries (cached by file stat, see lakehouse.manifest) of the stored files among `days`."""
+    if not days:
+        return {}
+    from .manifest import Manifest
+
+    stats = storage.stat_days(RAW_OHLCV, exchange_id, symbol)
+    wanted = {d.isoformat(): stats[d.isoformat()] for d in days if d.isoformat() in stats}
+    if not wanted:
+        return {}
+    summaries = Manifest(storage).refresh(RAW_OHLCV, exchange_id, symbol, wanted, persist=False)
+    blocked = _blocked_days(storage, exchange_id, symbol)
+    return {dt.date.fromisoformat(iso): e for iso, e in summaries.items() if iso not in blocked}
+
+
+def _blocked_days(storage: Storage, exchange_id: str, symbol: str) -> set[str]:
+    from .gates import Gates
+
+    try:
+        return {d.isoformat() for d in Gates(storage).blocked_days(RAW_OHLCV, exchange_id, symbol)}
+    except LakehouseError:
+        return set()
+
+
+def _confirmed_gaps(storage: Storage, exchange_id: str, symbol: str) -> dict[str, str]:
+    """Day -> fingerprint of the gaps confirmed at the source (the repair audit's ledger)."""
+    from .audit import Ledger, ledger_key
+
+    prefix = ledger_key(RAW_OHLCV, exchange_id, symbol, "")
+    return {k[len(prefix):]: v.get("fp") for k, v in Ledger(storage).confirmed.items() if k.startswith(prefix)}
+
+
+def _plan_day(storage, exchange_id, symbol, day, ws, we, entry, confirmed, listing) -> _DayPlan | None:
+    """None when the stored file already holds the day; else what to fetch for it."""
+    from .audit import gap_detail, raw_day_gaps
+    from .manifest import ERROR, FIRST, GAPS, LAST
+
+    if entry is None or entry[ERROR] or entry[FIRST] is None or we <= ws:
+        return _DayPlan(day, ws, we)
+    closed = we == ws + DAY_MS
+    wstart = ws if entry[FIRST] <= ws else listing.window_start(ws)
+    gaps = raw_day_gaps(entry, wstart, we, closed)
+    if closed and (not gaps or confirmed.get(day.isoformat()) == gap_detail(gaps)):
+        return None  # closed days are immutable at the source: nothing new to learn
+    if entry[FIRST] <= wstart and not entry[GAPS]:
+        tail = (entry[LAST] // MINUTE_MS + 1) * MINUTE_MS
+        if tail >= we:
+            return None  # today, already up to its newest closed candle
+        kept = storage.read_partition(RAW_OHLCV, exchange_id, symbol, day)
+        if kept is not None:
+            return _DayPlan(day, tail, we, kept.select(list(RAW_SCHEMA)))
+    return _DayPlan(day, ws, we)
+
+
+def _kept_result(symbol, day, entry, ws, we, listing) -> DayResult:
+    """The figures of a day kept as stored, from its manifest summary when there is one."""
+    from .audit import raw_day_gaps
+    from .manifest import FIRST, LAST, ROWS
+
+    if entry is None or entry[FIRST] is None:
+        return DayResult(symbol, day, 0, 0, None, None, [], skipped=True)
+    wstart = ws if entry[FIRST] <= ws else listing.window_start(ws)
+    expected = max(0, (we - wstart) // MINUTE_MS)
+    gaps = [tuple(g) for g in raw_day_gaps(entry, wstart, we, we == ws + DAY_MS)]
+    present = expected - sum((e - s) // MINUTE_MS for s, e in gaps)
+    return DayResult(symbol, day, int(entry[ROWS]), int(expected), entry[FIRST], entry[LAST], gaps,
+                     skipped=True, present=int(present))
+
+
+def _store_day(storage, exchange, symbol, plan: _DayPlan, parts, listing: _Listing, closed_end, now) -> DayResult:
+    day, start = plan.day, day_start_ms(plan.day)
+    rows = np.concatenate(parts) if parts else np.empty((0, 6))
+    frame = _frame(rows, exchange.id, symbol, now)
+    if plan.kept is not None:
+        frame = pl.concat([plan.kept, frame], how="vertical_relaxed")
+    ts = frame.get_column("timestamp").dt.epoch("ms").to_numpy() if frame.height else np.empty(0, np.int64)
+    minutes = np.unique(ts[ts % MINUTE_MS == 0])
     window_end = min(start + DAY_MS, closed_end)
+    window_start = start if (minutes.size and minutes[0] == start) else listing.window_start(start)
     expected = max(0, (window_end - window_start) // MINUTE_MS)
-    ts = np.asarray([int(r[0]) for r in rows], dtype=np.int64)
-    if ts.size > expected:
-        raise IncompleteFetchError(f"{symbol} {day}: {ts.size} candles for {expected} minutes; nothing was written")
-    storage.write_partition(RAW_OHLCV, exchange.id, symbol, day, _frame(rows, exchange.id, symbol, now))
+    storage.write_partition(RAW_OHLCV, exchange.id, symbol, day, frame)
     result = DayResult(
-        symbol, day, int(ts.size), int(expected),
-        int(ts[0]) if ts.size else None, int(ts[-1]) if ts.size else None,
-        _gaps(ts, window_start, window_end) if expected else [],
+        symbol, day, int(frame.height), int(expected),
+        int(minutes[0]) if minutes.size else None, int(minutes[-1]) if minutes.size else None,
+        _gaps(minutes, window_start, window_end) if expected else [],
+        present=int(minutes.size),
     )
     progress.emit(progress.ProgressEvent("partition_done", RAW_OHLCV, symbol, day.isoformat(), result.candles))
     return result

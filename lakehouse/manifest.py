@@ -2,7 +2,7 @@
 
 One small JSON document per (layer, exchange, symbol) under {root}/_meta/audit/manifest/:
 
-    {"version": 1, "days": {"2024-01-02": [size, mtime_ns, rows, first_ms, last_ms, gaps, error]}}
+    {"version": 2, "days": {"2024-01-02": [size, mtime_ns, rows, first_ms, last_ms, gaps, error]}}
 
 `gaps` lists the [start_ms, end_ms) runs without a candle *between* the first and the last candle (raw layer
 only; the edges depend on the listing time and the clock, so the audit adds them); `error` says why a file is
@@ -29,7 +29,7 @@ from .symbols import encode_symbol
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms
 
 MANIFEST_DIR = "audit/manifest"
-VERSION = 1
+VERSION = 2  # 2: raw duplicates / misaligned rows are data, not errors
 
 # Entry fields, kept as a plain list: a warm audit touches tens of thousands of them.
 SIZE, MTIME, ROWS, FIRST, LAST, GAPS, ERROR = range(7)
@@ -63,16 +63,16 @@ def summarize(storage: Storage, layer: str, day: str, path: str, stat: Stat) -> 
     if layer != RAW_OHLCV:
         return [stat[0], stat[1], df.height, first, last, [], None]
     start = day_start_ms(dt.date.fromisoformat(day))
-    error = None
-    steps = np.diff(ts)
-    if (ts % MINUTE_MS).any():
-        error = "candle timestamps not on a whole minute"
-    elif first < start or last >= start + DAY_MS:
-        error = f"candles outside {day}"
-    elif (steps <= 0).any():
-        error = "duplicate or unordered candle timestamps"
-    gaps = [] if error else [[int(ts[i]) + MINUTE_MS, int(ts[i + 1])] for i in np.nonzero(steps > MINUTE_MS)[0]]
-    return [stat[0], stat[1], df.height, first, last, gaps, error]
+    if first < start or last >= start + DAY_MS:
+        return [stat[0], stat[1], df.height, first, last, [], f"candles outside {day}"]
+    # Raw keeps what the exchange sent, duplicates and misaligned open times included (cleaning rejects
+    # them); coverage counts the whole minutes that have a candle.
+    minutes = np.unique(ts[ts % MINUTE_MS == 0])
+    if minutes.size == 0:
+        return [stat[0], stat[1], df.height, None, None, [], None]
+    steps = np.diff(minutes)
+    gaps = [[int(minutes[i]) + MINUTE_MS, int(minutes[i + 1])] for i in np.nonzero(steps > MINUTE_MS)[0]]
+    return [stat[0], stat[1], df.height, int(minutes[0]), int(minutes[-1]), gaps, None]
 
 
 def _short(exc: Exception) -> str:

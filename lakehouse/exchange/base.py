@@ -6,10 +6,13 @@ import abc
 import dataclasses
 import difflib
 
+import numpy as np
+
 from ..errors import UnknownSymbolError
 from ..symbols import validate_symbol
 
 Candle = list  # [timestamp_ms, open, high, low, close, volume]
+Page = np.ndarray  # (n, 6) float64 rows of Candle fields, in the order the exchange sent them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +21,7 @@ class Market:
     base: str
     quote: str
     active: bool = True
+    id: str = ""  # the exchange's own name for the market, e.g. BTCUSDT
 
 
 @dataclasses.dataclass
@@ -40,6 +44,7 @@ class Exchange(abc.ABC):
 
     id: str
     page_limit: int = 1000
+    concurrency: int = 1  # pages fetched at once (the live client overlaps requests to hide latency)
 
     def __init__(self) -> None:
         self.stats = FetchStats()
@@ -50,11 +55,12 @@ class Exchange(abc.ABC):
         """Symbol -> market for every market the exchange lists."""
 
     @abc.abstractmethod
-    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> list[Candle]:
-        """Up to `limit` 1m candles with since_ms <= ts <= until_ms, oldest first, as the exchange sends them.
+    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> Page:
+        """Up to `limit` 1m candles with since_ms <= ts <= until_ms, as the exchange sent them: every row kept,
+        in its order, duplicates and odd values included (cleaning judges them, not the fetch).
 
-        Raises TransientExchangeError for anything worth retrying; an empty list means the exchange really
-        has no candle in the window (a malformed body must raise, never come back as []).
+        Raises TransientExchangeError for anything worth retrying; an empty page means the exchange really
+        has no candle in the window (a malformed body must raise, never come back empty).
         """
 
     @abc.abstractmethod
@@ -66,7 +72,7 @@ class Exchange(abc.ABC):
         symbol = self.check_symbol(symbol)
         if symbol not in self._listings:
             page = self.fetch_page(symbol, 0, self.now_ms(), 1)
-            self._listings[symbol] = int(page[0][0]) if page else None
+            self._listings[symbol] = int(page[0][0]) if len(page) else None
         return self._listings[symbol]
 
     def check_symbol(self, symbol: str) -> str:

@@ -11,14 +11,18 @@ Transient failures (5xx, timeouts, network, malformed bodies) retry with exponen
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import itertools
 import json
 import random
+import threading
 import time
 import urllib.parse
 from typing import Callable
 
 import ccxt
+import numpy as np
 
 from ..errors import (
     ExchangeError,
@@ -28,7 +32,7 @@ from ..errors import (
     UnknownSymbolError,
 )
 from ..timeutil import system_clock_ms
-from .base import Candle, Exchange, Market
+from .base import Exchange, Market
 
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
 _KLINES_WEIGHT = 2  # Binance: klines with limit <= 1000
@@ -53,7 +57,12 @@ def override_api_url(urls: dict, base_url: str) -> dict:
 
 
 class WeightGovernor:
-    """Keeps used request weight under the exchange's budget, from the exchange's own accounting."""
+    """Keeps used request weight under the exchange's budget, from the exchange's own accounting.
+
+    Thread-safe: requests sent at once reserve their weight before they go, so a pool of workers never
+    crosses the budget between two answers. Until the first answer has told how much weight is already used
+    (another process may have spent it), only one request is in flight.
+    """
 
     def __init__(self, limit: int = 6000, window_s: float = 60.0, headroom: float = 0.0,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):
@@ -61,35 +70,90 @@ class WeightGovernor:
         self.window_s = window_s
         self.headroom = headroom
         self.used = 0
+        self.offset_s = 0.0  # exchange clock - our clock, when the exchange told its time
+        self.calibrated = False  # an answer in the current process has told the weight already used
         self._window = None
         self._sleep = sleep
         self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, tuple[int, int]] = {}  # token -> (window at send, weight)
+        self._tokens = itertools.count(1)
+        self._blocked_until = 0.0  # after a 429/418 nothing is sent before this
         self.waits = 0
         self.waited_s = 0.0
+        self.peak_in_flight = 0
 
-    def _current_window(self) -> int:
-        return int(self._clock() // self.window_s)
+    def _now(self) -> float:
+        return self._clock() + self.offset_s
 
-    def before_request(self, weight: int) -> None:
-        window = self._current_window()
+    def _roll(self, now: float) -> int:
+        window = int(now // self.window_s)
         if window != self._window:
-            self._window, self.used = window, 0
-        if self.used + weight > self.limit * (1 - self.headroom):
-            # Windows reset on epoch multiples (Binance: every minute on the minute).
-            delay = (window + 1) * self.window_s - self._clock() + 0.05
-            self.waits += 1
-            self.waited_s += max(0.0, delay)
-            self._sleep(max(0.0, delay))
-            self._window, self.used = self._current_window(), 0
-        self.used += weight
+            # Requests still in flight from the last window may be counted in this one: assume they are.
+            self._window = window
+            self.used = sum(w for sent, w in self._in_flight.values() if sent != window)
+        return window
 
-    def after_response(self, headers: dict | None) -> None:
+    def before_request(self, weight: int) -> int:
+        """Wait until `weight` fits in the budget, reserve it and return a token for after_response."""
+        while True:
+            with self._lock:
+                now = self._now()
+                window = self._roll(now)
+                if now < self._blocked_until:
+                    delay = self._blocked_until - now
+                elif not self.calibrated and self._in_flight:
+                    delay = 0.005  # the first answer is on its way; it says how much weight is left
+                elif self.used + weight > self.limit * (1 - self.headroom):
+                    # Windows reset on epoch multiples of the exchange's clock (Binance: every minute on the minute).
+                    delay = (window + 1) * self.window_s - now + 0.05
+                    self.waits += 1
+                    self.waited_s += max(0.0, delay)
+                else:
+                    self.used += weight
+                    token = next(self._tokens)
+                    self._in_flight[token] = (window, weight)
+                    self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
+                    return token
+            self._sleep(max(0.0, delay))
+
+    def after_response(self, headers: dict | None, token: int | None = None) -> None:
+        """Take the used weight the exchange reported, if the request was counted in the current window."""
         value = _header(headers, WEIGHT_HEADER)
-        if value is not None:
+        with self._lock:
+            window = self._roll(self._now())  # before the pop: a straddler counts in the new window
+            sent = self._in_flight.pop(token, (None, 0))[0] if token is not None else window
+            if value is None:
+                return
             try:
-                self._window, self.used = self._current_window(), int(value)
+                reported = int(value)
             except ValueError:
-                pass
+                return
+            self.calibrated = True
+            if sent == window:  # an answer about the last window says nothing about this one
+                self.used = max(self.used, reported)
+
+    def release(self, token: int) -> None:
+        """A request that got no answer (timeout, reset): it may or may not have been counted; keep its weight."""
+        with self._lock:
+            self._in_flight.pop(token, None)
+
+    def block(self, seconds: float) -> None:
+        """Send nothing for `seconds` (a 429's Retry-After): a request during it is what earns a ban. Then
+        one request at a time until an answer has told where the budget stands."""
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, self._now() + seconds)
+            self.calibrated = False
+
+    def recalibrate(self) -> None:
+        """The next request goes alone and its answer sets the pace (another process may have spent weight
+        since we last looked)."""
+        with self._lock:
+            self.calibrated = False
+
+    def set_server_time(self, server_ms: int, sent_at: float, received_at: float) -> None:
+        with self._lock:
+            self.offset_s = server_ms / 1000.0 - (sent_at + received_at) / 2
 
 
 def _header(headers, name: str):
@@ -99,6 +163,36 @@ def _header(headers, name: str):
         if k.lower() == name:
             return v
     return None
+
+
+@dataclasses.dataclass
+class _Shared:
+    """What every client of one exchange endpoint in this process shares: one weight budget, one market list."""
+
+    governor: WeightGovernor
+    markets: dict[str, Market] | None = None
+    loaded_at: float = 0.0
+    listings: dict = dataclasses.field(default_factory=dict)  # symbol -> first candle ms (listing never moves)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+_SHARED: dict[tuple[str, str | None], _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+MARKETS_TTL_S = 600.0  # markets change rarely; a symbol not found forces a fresh load anyway
+
+
+def _shared(exchange_id: str, url: str | None, sleep) -> _Shared:
+    with _SHARED_LOCK:
+        key = (exchange_id, url)
+        if key not in _SHARED:
+            _SHARED[key] = _Shared(WeightGovernor(sleep=sleep))
+        return _SHARED[key]
+
+
+def forget_shared_state() -> None:
+    """Forget budgets and markets learnt by this process (what a new process starts from)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
 
 
 class CcxtExchange(Exchange):
@@ -113,6 +207,7 @@ class CcxtExchange(Exchange):
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        concurrency: int = 4,
     ):
         super().__init__()
         exchange_id = exchange_id.strip().lower()
@@ -124,7 +219,8 @@ class CcxtExchange(Exchange):
                 f"or 'simulated' for the offline exchange."
             )
         self.id = exchange_id
-        options = {"fetchMarkets": {"types": ["spot"]}} if exchange_id.startswith("binance") else {}
+        self.binance_like = exchange_id.startswith("binance")  # Binance's REST shape: klines, weight header
+        options = {"fetchMarkets": {"types": ["spot"]}} if self.binance_like else {}
         self.client: ccxt.Exchange = getattr(ccxt, exchange_id)(
             {"enableRateLimit": True, "timeout": int(timeout_s * 1000), "options": options}
         )
@@ -133,99 +229,198 @@ class CcxtExchange(Exchange):
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.concurrency = max(1, int(concurrency))
         self._sleep = sleep
-        self.governor = WeightGovernor(sleep=sleep)
-        self._markets: dict[str, Market] | None = None
+        self._shared = _shared(exchange_id, url, sleep)
+        self.governor = self._shared.governor
+        self._listings = self._shared.listings
+        self.governor.recalibrate()
+        self._stats_lock = threading.Lock()
+        # ccxt keeps the last response on the client, which worker threads share; record each thread's own.
+        self._local = threading.local()
+        on_rest_response = self.client.on_rest_response
+
+        def record(code, reason, url, method, headers, body, request_headers, request_body):
+            self._local.response = (code, headers, body)
+            return on_rest_response(code, reason, url, method, headers, body, request_headers, request_body)
+
+        self.client.on_rest_response = record
 
     # plumbing -----------------------------------------------------------------------------------
+    def _count(self, **deltas: float) -> None:
+        with self._stats_lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
     def _call(self, fn, *args, weight: int = 1, **kwargs):
         """One exchange call with budget, Retry-After and backoff handling; maps ccxt errors to ours."""
         attempt = 0
         while True:
-            self.governor.before_request(weight)
-            self.stats.requests += 1
+            token = self.governor.before_request(weight)
+            self._count(requests=1)
+            self._local.response = None
             try:
                 result = fn(*args, **kwargs)
-                self.governor.after_response(self.client.last_response_headers)
+                self.governor.after_response(self._headers(), token)
                 return result
             except ccxt.BadSymbol as exc:
+                self.governor.after_response(self._headers(), token)
                 raise UnknownSymbolError(f"{self.id}: {exc}") from exc
             except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
                 # ccxt raises DDoSProtection for both 429 and 418; the header tells how long to stay away.
-                headers = self.client.last_response_headers or {}
-                self.governor.after_response(headers)
+                headers = self._headers() or {}
+                self.governor.after_response(headers, token)
                 retry_after = _float_or_none(_header(headers, "retry-after"))
                 banned = "418" in str(exc)[:200] or (retry_after or 0) > 120
-                if banned:
-                    self.stats.banned += 1
-                else:
-                    self.stats.rate_limited += 1
+                self._count(**({"banned": 1} if banned else {"rate_limited": 1}))
                 error = RateLimitedError(f"{self.id} rate limit: {exc}", retry_after, banned)
+                # Every worker stops, not just this one: a request during Retry-After earns a ban.
+                self.governor.block((retry_after if retry_after is not None else 1.0) + 0.1)
             except ccxt.OperationFailed as exc:
                 # ccxt's family of failures that may pass: network, timeouts, 5xx, maintenance, bad responses.
+                self._settle(token)
                 error = TransientExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}")
             except TransientExchangeError as exc:
+                self._settle(token)
                 error = exc
             except ccxt.BaseError as exc:
+                self._settle(token)
                 raise ExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
             attempt += 1
             if attempt > self.max_retries:
                 raise error
-            self.stats.retries += 1
-            if isinstance(error, RateLimitedError) and error.retry_after is not None:
-                delay = error.retry_after + 0.1
+            self._count(retries=1)
+            if isinstance(error, RateLimitedError):
+                delay = 0.0  # the governor holds every worker until Retry-After has passed
             else:
                 delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
                 delay *= random.uniform(0.5, 1.5)  # jitter: parallel clients do not retry in lockstep
-            self.stats.waited_s += delay
+            self._count(waited_s=delay)
             self._sleep(delay)
 
-    # Exchange interface --------------------------------------------------------------------------
-    def markets(self) -> dict[str, Market]:
-        if self._markets is None:
-            loaded = self._call(self.client.load_markets, weight=20)
-            self._learn_budget()
-            self._markets = {
-                s: Market(s, m.get("base", ""), m.get("quote", ""), bool(m.get("active", True)))
-                for s, m in loaded.items()
-                if m.get("spot", True)
-            }
-        return self._markets
+    def _headers(self):
+        response = getattr(self._local, "response", None)
+        return response[1] if response else None
 
-    def _learn_budget(self) -> None:
-        """Take the request-weight budget from exchangeInfo when the exchange publishes one (Binance does)."""
-        try:
-            info = json.loads(self.client.last_http_response or "")
-        except (TypeError, ValueError):
+    def _body(self):
+        response = getattr(self._local, "response", None)
+        return response[2] if response else None
+
+    def _settle(self, token: int) -> None:
+        headers = self._headers()
+        if headers is not None:
+            self.governor.after_response(headers, token)
+        else:
+            self.governor.release(token)
+
+    # Exchange interface --------------------------------------------------------------------------
+    def markets(self, reload: bool = False) -> dict[str, Market]:
+        shared = self._shared
+        with shared.lock:  # workers and clients of this process load the list once
+            fresh = shared.markets is not None and time.monotonic() - shared.loaded_at < MARKETS_TTL_S
+            if reload or not fresh:
+                if not self.governor.calibrated:
+                    self._probe()
+                shared.markets = self._call(self._load_markets, weight=20)
+                shared.loaded_at = time.monotonic()
+        return shared.markets
+
+    def _probe(self) -> None:
+        """A cheap first call (weight 1): how much of the budget is already spent, and the exchange's clock."""
+        if not self.binance_like:
             return
-        for rule in info.get("rateLimits", []) if isinstance(info, dict) else []:
-            if rule.get("rateLimitType") == "REQUEST_WEIGHT":
-                seconds = _INTERVAL_SECONDS.get(rule.get("interval"), 60) * int(rule.get("intervalNum", 1))
-                self.governor.limit, self.governor.window_s = int(rule["limit"]), float(seconds)
+        sent = time.time()
+        try:
+            answer = self._call(self.client.publicGetTime, weight=1)
+        except ExchangeError:
+            return  # exchangeInfo right after will say what is wrong
+        server_ms = answer.get("serverTime") if isinstance(answer, dict) else None
+        if isinstance(server_ms, (int, float)):
+            self.governor.set_server_time(int(server_ms), sent, time.time())
+
+    def _load_markets(self) -> dict[str, Market]:
+        loaded = self.client.load_markets(reload=True)
+        body = self._body()
+        if self.binance_like:
+            # ccxt turns a truncated, empty or HTML exchangeInfo into an empty market list without raising;
+            # only a well-formed list may say that a symbol is not listed.
+            try:
+                info = json.loads(body) if body else None
+            except ValueError:
+                info = None
+            if not isinstance(info, dict) or not isinstance(info.get("symbols"), list):
+                raise TransientExchangeError(f"{self.id}: malformed 200 response for exchangeInfo: {str(body)[:80]!r}")
+            self._learn_budget(info)
+        if not loaded:
+            raise TransientExchangeError(f"{self.id}: the exchange returned no markets; nothing to trade is not an answer")
+        return {
+            s: Market(s, m.get("base", ""), m.get("quote", ""), bool(m.get("active", True)), str(m.get("id") or ""))
+            for s, m in loaded.items()
+            if m.get("spot", True)
+        }
+
+    def _learn_budget(self, info: dict) -> None:
+        """Take the request-weight budget from exchangeInfo when the exchange publishes one (Binance does)."""
+        for rule in info.get("rateLimits", []):
+            if isinstance(rule, dict) and rule.get("rateLimitType") == "REQUEST_WEIGHT":
+                try:
+                    seconds = _INTERVAL_SECONDS.get(rule.get("interval"), 60) * int(rule.get("intervalNum", 1))
+                    limit = int(rule["limit"])
+                except (KeyError, TypeError, ValueError):
+                    return
+                with self.governor._lock:
+                    self.governor.limit, self.governor.window_s = limit, float(seconds)
                 return
+
+    def check_symbol(self, symbol: str) -> str:
+        try:
+            return super().check_symbol(symbol)
+        except UnknownSymbolError:
+            if time.monotonic() - self._shared.loaded_at < 1.0:
+                raise
+            self.markets(reload=True)  # the list may predate a new listing: look again before saying no
+            return super().check_symbol(symbol)
 
     def now_ms(self) -> int:
         return system_clock_ms()
 
-    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> list[Candle]:
-        self.markets()
+    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> np.ndarray:
+        market = self.markets().get(symbol)
+        if market is None:
+            self.check_symbol(symbol)  # raises UnknownSymbolError with close matches
+            market = self.markets()[symbol]
+        limit = min(limit, self.page_limit)
+        if not self.binance_like or not market.id:
+            return self._fetch_page_ccxt(symbol, since_ms, until_ms, limit)
+        params = {"symbol": market.id, "interval": "1m", "startTime": int(since_ms), "endTime": int(until_ms),
+                  "limit": int(limit)}
 
         def fetch():
-            page = self.client.fetch_ohlcv(
-                symbol, "1m", since=since_ms, limit=min(limit, self.page_limit), params={"until": until_ms}
-            )
-            # ccxt is lenient with bodies: a 200 that is truncated, empty or HTML comes back as [] or as
-            # half-parsed junk without raising. Only a body that is a well-formed JSON list is an answer.
-            body = self.client.last_http_response
+            answer = self.client.publicGetKlines(params)
+            # Our own reading of the body: ccxt's parse_ohlcv sorts rows, drops some and truncates to the
+            # limit, which would hide what the exchange sent (duplicates, misaligned open times) from raw.
+            rows = parse_klines(answer)
+            if rows is None:
+                raise TransientExchangeError(
+                    f"{self.id}: malformed 200 response for {symbol} klines: {str(self._body())[:80]!r}"
+                )
+            return rows
+
+        return self._call(fetch, weight=_KLINES_WEIGHT)
+
+    def _fetch_page_ccxt(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> np.ndarray:
+        """Exchanges without Binance's klines shape: ccxt's unified fetch_ohlcv (it normalises rows)."""
+
+        def fetch():
+            page = self.client.fetch_ohlcv(symbol, "1m", since=since_ms, limit=limit, params={"until": until_ms})
+            body = self._body()
             try:
                 parsed = json.loads(body) if body else None
             except ValueError:
                 parsed = None
-            if not isinstance(parsed, list) or len(parsed) != len(page):
-                raise TransientExchangeError(
-                    f"{self.id}: malformed 200 response for {symbol} klines: {str(body)[:80]!r}"
-                )
-            return page
+            if parsed is None or (not page and parsed not in ([], {})):
+                raise TransientExchangeError(f"{self.id}: malformed 200 response for {symbol} klines: {str(body)[:80]!r}")
+            return np.asarray([r[:6] for r in page], dtype=np.float64).reshape(-1, 6)
 
         return self._call(fetch, weight=_KLINES_WEIGHT)
 
@@ -233,6 +428,22 @@ class CcxtExchange(Exchange):
         session = getattr(self.client, "session", None)
         if session is not None:
             session.close()
+
+
+def parse_klines(answer) -> np.ndarray | None:
+    """Binance kline arrays -> (n, 6) float64 [open time ms, open, high, low, close, volume], in the order
+    sent, every row kept; None when the answer is not a list of kline rows (a malformed body)."""
+    if not isinstance(answer, list):
+        return None
+    if not answer:
+        return np.empty((0, 6))
+    try:
+        rows = np.array([r[:6] for r in answer], dtype=np.float64)
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    if rows.ndim != 2 or rows.shape[1] != 6 or not np.isfinite(rows[:, 0]).all():
+        return None
+    return rows
 
 
 def _float_or_none(value) -> float | None:

@@ -17,6 +17,11 @@ Every response (4xx included) carries X-MBX-USED-WEIGHT-1M.
 Faults are queued in-process with `inject()` or over HTTP with POST /_emulator/faults; GET /_emulator/stats
 returns the counters. Control endpoints under /_emulator/ are never weight-counted or faulted.
 
+Beyond one-off faults: `dirty()` makes a symbol's klines carry dirt every time they are served (a duplicated
+row, a misaligned open time, high < low, negative volume), as a real exchange's closed history sometimes does;
+`use_weight()` spends weight as another process sharing the IP would; `latency_ms` (+- `jitter_ms`) delays
+every request, half before it is counted and half before the answer, like a network round trip.
+
 Run standalone: python -m lakehouse.exchange.emulator --port 8090
 """
 
@@ -27,12 +32,15 @@ import collections
 import dataclasses
 import json
 import math
+import random
 import socket
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+
+import numpy as np
 
 from ..errors import UnknownSymbolError
 from ..timeutil import MINUTE_MS, Clock, system_clock_ms
@@ -49,6 +57,9 @@ KLINES_DEFAULT_LIMIT = 500
 KLINES_MAX_LIMIT = 1000  # Binance spot silently caps larger limits
 
 FAULT_KINDS = ("429", "418", "500", "502", "503_maintenance", "timeout", "truncated", "empty", "html", "short")
+# Dirt a symbol's klines can carry on every request (what clean_bars must reject, see lakehouse.clean).
+DIRT_KINDS = ("duplicate", "misaligned", "high_below_low", "negative_volume")
+MISALIGN_MS = 30_000  # a "misaligned" candle opens half a minute late
 CONTROL_PREFIX = "/_emulator/"
 
 _HTML_PAGE = (
@@ -123,6 +134,8 @@ class BinanceEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         rate_clock: Callable[[], float] = time.time,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
     ):
         """`clock` (ms) decides which candles exist and serverTime; `rate_clock` (epoch seconds) drives weight
         windows, Retry-After and bans, so a test can pin candle time while rate limits still reset in real time."""
@@ -132,6 +145,10 @@ class BinanceEmulator:
         self.weight_limit = int(weight_limit)
         self.weight_window_s = float(weight_window_s)
         self.ban_s = float(ban_s)
+        self.latency_ms = float(latency_ms)
+        self.jitter_ms = float(jitter_ms)
+        self._rng = random.Random(0)
+        self._dirt: dict[str, dict[int, str]] = {}  # symbol -> {minute ts: dirt kind}
         self.host = host
         self._requested_port = port
         self._lock = threading.Lock()
@@ -204,6 +221,9 @@ class BinanceEmulator:
             self.count_418 = 0
             self.faults_served = 0
             self.path_counts: collections.Counter[str] = collections.Counter()
+            self.peak_used = 0  # the highest weight any client reached in one window
+            self.in_flight = 0
+            self.peak_in_flight = 0  # most requests being served at once
 
     def reset_limits(self) -> None:
         """Forget used weight, pending Retry-Afters and bans (counters are kept)."""
@@ -231,6 +251,8 @@ class BinanceEmulator:
                 "faults_pending": sum(f.remaining for f in self._faults),
                 "paths": dict(self.path_counts),
                 "outage": self._outage,
+                "peak_used_weight": self.peak_used,
+                "peak_in_flight": self.peak_in_flight,
                 "weight_limit": self.weight_limit,
                 "weight_window_s": self.weight_window_s,
                 "clients": clients,
@@ -256,12 +278,42 @@ class BinanceEmulator:
         with self._lock:
             self._faults.clear()
 
+    def dirty(self, symbol: str, kind: str, ts_ms: int) -> None:
+        """Serve the candle of `symbol` at minute `ts_ms` with dirt of `kind` on every request from now on:
+        "duplicate" sends it twice, "misaligned" shifts its open time by 30 s, "high_below_low" swaps its high
+        and low, "negative_volume" negates its volume."""
+        if kind not in DIRT_KINDS:
+            raise ValueError(f"unknown dirt kind {kind!r}; expected one of {', '.join(DIRT_KINDS)}")
+        unified = self._ids.get(str(symbol).replace("/", "").upper())
+        if unified is None:
+            raise ValueError(f"the emulator does not list {symbol!r}")
+        with self._lock:
+            self._dirt.setdefault(unified, {})[int(ts_ms) // MINUTE_MS * MINUTE_MS] = kind
+
+    def use_weight(self, weight: int, client_ip: str = "127.0.0.1") -> None:
+        """Spend `weight` of the current window for `client_ip`, as another process sharing the IP would."""
+        with self._lock:
+            now = self.rate_clock()
+            client = self._clients.setdefault(client_ip, _ClientState())
+            window = self._window(now)
+            if client.window != window:
+                client.window, client.used = window, 0
+            client.used += int(weight)
+
     def set_outage(self, on: bool = True) -> None:
         """Full outage: every exchange request answers 503 until switched off."""
         with self._lock:
             self._outage = bool(on)
 
     # request pipeline ---------------------------------------------------------------------------
+    def round_trip_s(self) -> float:
+        """One simulated network round trip: latency_ms +- jitter_ms (uniform), never negative."""
+        if not self.latency_ms and not self.jitter_ms:
+            return 0.0
+        with self._lock:
+            jitter = self._rng.uniform(-self.jitter_ms, self.jitter_ms)
+        return max(0.0, self.latency_ms + jitter) / 1000.0
+
     def _window(self, now: float) -> int:
         return int(now // self.weight_window_s)
 
@@ -305,6 +357,7 @@ class BinanceEmulator:
                 return self._rate_limited_response(max(1, math.ceil(window_end - now)), used_header)
             client.used += weight
             self.weight_used_total += weight
+            self.peak_used = max(self.peak_used, client.used)
             used_header = {"X-MBX-USED-WEIGHT": str(client.used), "X-MBX-USED-WEIGHT-1M": str(client.used)}
 
             fault = self._pop_fault(path)
@@ -498,16 +551,39 @@ class BinanceEmulator:
             lo = max(start_ms, listing)
             while True:
                 hi = min(stop, lo + span)
-                rows = self.source.candles(symbol, lo, hi)
+                rows = self._served(symbol, lo, hi)
                 if len(rows) >= limit or hi >= stop:
                     return rows[:limit]
                 span *= 2
         while True:
             lo = max(listing, stop - span)
-            rows = self.source.candles(symbol, lo, stop)
+            rows = self._served(symbol, lo, stop)
             if len(rows) >= limit or lo <= listing:
                 return rows[len(rows) - limit:] if len(rows) > limit else rows
             span *= 2
+
+    def _served(self, symbol: str, lo: int, hi: int):
+        """The rows with lo <= open time < hi as served, dirt included, in the order the exchange sends them."""
+        dirt = self._dirt.get(symbol)
+        if not dirt:
+            return self.source.candles(symbol, lo, hi)
+        # A misaligned candle keeps its place in the sequence, so read whole minutes around the window.
+        rows = self.source.candles(symbol, lo // MINUTE_MS * MINUTE_MS, -(-hi // MINUTE_MS) * MINUTE_MS).copy()
+        extra = []
+        for i, ts in enumerate(rows[:, 0].astype(np.int64)):
+            kind = dirt.get(int(ts))
+            if kind == "duplicate":
+                extra.append((i, rows[i].copy()))
+            elif kind == "misaligned":
+                rows[i, 0] = ts + MISALIGN_MS
+            elif kind == "high_below_low":
+                rows[i, 2], rows[i, 3] = rows[i, 3], rows[i, 2]
+            elif kind == "negative_volume":
+                rows[i, 5] = -rows[i, 5]
+        for i, row in reversed(extra):
+            rows = np.insert(rows, i + 1, row, axis=0)
+        keep = (rows[:, 0] >= lo) & (rows[:, 0] < hi)
+        return rows[keep]
 
     def _control(self, method: str, path: str, body: bytes) -> _Response:
         try:
@@ -531,6 +607,15 @@ class BinanceEmulator:
         if path == "/_emulator/faults" and method == "DELETE":
             self.clear_faults()
             return _json_response(200, {"cleared": True})
+        if path == "/_emulator/dirt" and method == "POST":
+            try:
+                self.dirty(payload.get("symbol", ""), payload.get("kind", ""), int(payload.get("ts", 0)))
+            except (TypeError, ValueError) as exc:
+                return _json_response(400, {"error": str(exc)})
+            return _json_response(200, {"dirty": payload})
+        if path == "/_emulator/weight" and method == "POST":
+            self.use_weight(int(payload.get("used", 0)))
+            return _json_response(200, {"used": int(payload.get("used", 0))})
         if path == "/_emulator/outage" and method == "POST":
             self.set_outage(bool(payload.get("on", True)))
             return _json_response(200, {"outage": self._outage})
@@ -587,7 +672,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        resp = self.emulator.handle(method, self.path, self.client_address[0], body)
+        emu = self.emulator
+        control = self.path.startswith(CONTROL_PREFIX)
+        half = 0.0 if control else emu.round_trip_s() / 2
+        if half and emu._stopping.wait(half):  # on the way in: the request is counted when it arrives
+            self.close_connection = True
+            return
+        with emu._lock:
+            emu.in_flight += 1
+            emu.peak_in_flight = max(emu.peak_in_flight, emu.in_flight)
+        try:
+            resp = emu.handle(method, self.path, self.client_address[0], body)
+        finally:
+            with emu._lock:
+                emu.in_flight -= 1
+        resp.delay_s += half  # on the way back
         if resp.delay_s and self.emulator._stopping.wait(resp.delay_s):
             self.close_connection = True
             return
@@ -625,10 +724,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="daily chance of an exchange-wide gap in the simulated candles")
     parser.add_argument("--synthetic", type=int, default=0, help="extra SIMnnn/USDT markets (benchmarks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="network round trip added to every request")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="+- uniform jitter on that round trip")
     args = parser.parse_args(argv)
     source = SimulatedSource(synthetic=args.synthetic, outage_rate=args.outage_rate, seed=args.seed)
     emulator = BinanceEmulator(source=source, weight_limit=args.weight_limit, weight_window_s=args.window,
-                               ban_s=args.ban, host=args.host, port=args.port).start()
+                               ban_s=args.ban, host=args.host, port=args.port, latency_ms=args.latency_ms,
+                               jitter_ms=args.jitter_ms).start()
     print(f"Binance emulator serving on {emulator.url} (ccxt: urls['api']['public'] = '{emulator.url}/api/v3')",
           flush=True)
     try:

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UnknownSymbolError
 from ..symbols import validate_symbol
 from ..timeutil import DAY_MS, MINUTE_MS, MINUTES_PER_DAY, Clock, day_start_ms, system_clock_ms
-from .base import Candle, Exchange, Market
+from .base import Exchange, Market
 
 _MAX_DAYS = 40_000  # daily anchors drawn once per symbol; ~110 years
 
@@ -174,10 +174,9 @@ class SimulatedExchange(Exchange):
         listed = self.source.market(self.check_symbol(symbol)).listed_at_ms
         return -(-listed // MINUTE_MS) * MINUTE_MS
 
-    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> list[Candle]:
+    def fetch_page(self, symbol: str, since_ms: int, until_ms: int, limit: int) -> np.ndarray:
         self.stats.requests += 1
         now = self.now_ms()
         # Like a real exchange, the still-forming candle (ts <= now < ts + 1m) is included.
         end = min(until_ms + 1, (now // MINUTE_MS) * MINUTE_MS + MINUTE_MS)
-        arr = self.source.candles(symbol, since_ms, end)[: min(limit, self.page_limit)]
-        return [[int(r[0]), *map(float, r[1:])] for r in arr]
+        return self.source.candles(symbol, since_ms, end)[: min(limit, self.page_limit)]

@@ -73,9 +73,9 @@ class _Lying(SimulatedExchange):
     """Answers with a candle outside the window asked for (a proxy serving the wrong page)."""
 
     def fetch_page(self, symbol, since_ms, until_ms, limit):
-        page = super().fetch_page(symbol, since_ms, until_ms, limit)
-        if since_ms > 0 and page:
-            page[-1][0] = until_ms + MINUTE_MS
+        page = super().fetch_page(symbol, since_ms, until_ms, limit).copy()
+        if since_ms > 0 and len(page):
+            page[-1, 0] = until_ms + MINUTE_MS
         return page
 
 

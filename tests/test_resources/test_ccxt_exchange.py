@@ -123,7 +123,7 @@ def test_persistent_outage_fails_loudly_and_leaves_only_complete_files(emulator,
     client.markets()
     emulator.inject("500", count=1, path="/api/v3/klines")  # retried fine
     calls = {"n": 0}
-    real = client.client.fetch_ohlcv
+    real = client.client.publicGetKlines
 
     def fetch_then_outage(*a, **k):
         calls["n"] += 1
@@ -131,9 +131,9 @@ def test_persistent_outage_fails_loudly_and_leaves_only_complete_files(emulator,
             emulator.set_outage(True)
         return real(*a, **k)
 
-    client.client.fetch_ohlcv = fetch_then_outage
+    client.client.publicGetKlines = fetch_then_outage
     with pytest.raises(TransientExchangeError, match="ExchangeNotAvailable"):
-        ingest_days(client, storage, "BTC/USDT", DAYS)
+        ingest_days(client, storage, "BTC/USDT", DAYS, workers=1)
     written = [s.ref.day for s in storage.list_partitions(RAW_OHLCV)]
     assert written == [D1]
     assert_exact(storage, source, "BTC/USDT", written)

@@ -25,6 +25,14 @@ from .freshness import freshness_policy
 from .partitions import days_by_symbol, partition_key, symbol_day_partitions
 
 EXCHANGE_POOL = "exchange"
+REFETCH_TAG = "lakehouse/refetch"  # "true": fetch every requested day again, even closed days already complete
+
+
+def _refetch(context: AssetExecutionContext) -> bool:
+    """`lakehouse backfill --refetch` tags its runs; repair refetches days its audit found wanting, so its word
+    is final too (a day skipped here would never count as the refetch the audit waits for)."""
+    tags = context.run.tags
+    return tags.get(REFETCH_TAG) == "true" or tags.get("lakehouse/repair") == "refetch"
 
 
 def _resume_filter(context: AssetExecutionContext, storage, exchange_id: str):
@@ -61,16 +69,20 @@ def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakeho
     reports: list[IngestReport] = []
     try:
         keep = _resume_filter(context, storage, client.id)
+        refetch = _refetch(context)
         for symbol, days in days_by_symbol(context.partition_keys).items():
             context.log.info(f"fetching {symbol} {days[0]}..{days[-1]} ({len(days)} days) from {client.id}")
             try:
-                report = ingest_days(client, storage, symbol, days, keep=(lambda d, s=symbol: keep(s, d)) if keep else None)
+                report = ingest_days(client, storage, symbol, days, keep=(lambda d, s=symbol: keep(s, d)) if keep else None,
+                                     refetch=refetch)
             except (UnknownSymbolError, UserInputError) as exc:
                 # Retrying cannot make an exchange list a symbol: fail now, skip the retry policy.
                 raise Failure(description=str(exc), allow_retries=False) from exc
             reports.append(report)
+            kept = sum(1 for d in report.days if d.skipped)
             context.log.info(
-                f"{symbol}: {report.candles}/{report.expected} candles, {report.requests} requests, "
+                f"{symbol}: {report.candles}/{report.expected} candles ({kept} closed day(s) already complete, kept), "
+                f"{report.requests} requests, "
                 f"{report.rate_limited} x 429 in {report.duration_s:.1f}s"
             )
     finally:

@@ -291,8 +291,9 @@ def table_selection(defs) -> list[str]:
 @click.option("--end", help="Last UTC day (YYYY-MM-DD), included; default: today.")
 @click.option("--assets", "asset_list", default=None, help="Comma-separated assets; default: every partitioned layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary at the end (progress on stderr).")
+@click.option("--refetch", is_flag=True, help="Fetch closed days again even when their raw file is already complete.")
 @remote_options
-def backfill(symbol_list, start, end, asset_list, as_json, url, wait, timeout):
+def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, timeout):
     """Materialize partitions and wait: exit 0 if all succeeded, 1 if any failed, 2 on bad input.
 
     In-process by default: one run per symbol covers its whole day range (fetched in one pass), as a backfill
@@ -329,13 +330,14 @@ def backfill(symbol_list, start, end, asset_list, as_json, url, wait, timeout):
         from .remote import remote_backfill
 
         remote_backfill(url, names, start_day, end_day, [*selection, *tables], wait=wait, timeout_s=timeout,
-                        as_json=as_json, echo=echo)
+                        as_json=as_json, echo=echo, tags={"lakehouse/refetch": "true"} if refetch else None)
         return
     instance = get_instance()
     plan = plan_days(instance, s, names, start_day, end_day, echo=echo)
     partitions = sum(len(d) for d in plan.values())
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
-        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables)
+        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables,
+                            tags={"lakehouse/refetch": "true"} if refetch else None)
     failed = [o for o in outcomes if not o.success]
     summary = {
         "partitions": partitions,

@@ -129,7 +129,8 @@ def deployment_symbols(api: DagsterAPI) -> list[str]:
 
 
 def remote_backfill(url: str, names: list[str], start: dt.date | None, end: dt.date | None, assets: list[str], *,
-                    wait: bool | None, timeout_s: float | None, as_json: bool, echo=click.echo) -> None:
+                    wait: bool | None, timeout_s: float | None, as_json: bool, echo=click.echo,
+                    tags: dict[str, str] | None = None) -> None:
     """`lakehouse backfill --url`: one asset backfill of every symbol x day asked for, then `watch`."""
     from lakehouse.errors import UserInputError
     from lakehouse.timeutil import check_range, utc_today
@@ -163,7 +164,7 @@ def remote_backfill(url: str, names: list[str], start: dt.date | None, end: dt.d
     days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
     keys = [partition_name(symbol, day) for symbol in names for day in days]
     echo(f"launching {len(names)} symbol(s) x {len(days)} day(s) x {len(assets)} asset(s) on {api.url}")
-    backfill_id = call(api.launch_backfill, assets, keys, tags={"lakehouse/launched_by": "lakehouse backfill"},
+    backfill_id = call(api.launch_backfill, assets, keys, tags={"lakehouse/launched_by": "lakehouse backfill", **(tags or {})},
                        title=f"lakehouse backfill {start}..{end}")
     watch(api, [backfill_id], f"backfill {backfill_id}", wait=wait is not False,
           timeout_s=timeout_s or Duration().convert(DEFAULT_TIMEOUT, None, None), as_json=as_json)

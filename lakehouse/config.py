@@ -64,6 +64,7 @@ class Settings:
     retry_delay_minutes: float = 15.0
     retry_max_delay_minutes: float = 360.0
     repair_max_runs: int = 20
+    fetch_concurrency: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -98,6 +99,7 @@ class Settings:
             retry_delay_minutes=_float(env, "LAKEHOUSE_RETRY_DELAY_MINUTES", cls.retry_delay_minutes),
             retry_max_delay_minutes=_float(env, "LAKEHOUSE_RETRY_MAX_DELAY_MINUTES", cls.retry_max_delay_minutes),
             repair_max_runs=int(_float(env, "LAKEHOUSE_REPAIR_MAX_RUNS", cls.repair_max_runs, 1)),
+            fetch_concurrency=int(_float(env, "LAKEHOUSE_FETCH_CONCURRENCY", cls.fetch_concurrency, 1)),
         )
 
     @property

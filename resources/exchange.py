@@ -25,11 +25,13 @@ class CcxtExchangeResource(ExchangeResource):
     url: Optional[str] = None
     timeout_s: float = 10.0
     max_retries: int = 5
+    concurrency: int = 4  # requests in flight at once, always inside the exchange's weight budget
 
     def client(self) -> Exchange:
         from lakehouse.exchange.ccxt_client import CcxtExchange
 
-        return CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries)
+        return CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                            concurrency=self.concurrency)
 
 
 class SimulatedExchangeResource(ExchangeResource):
@@ -54,4 +56,5 @@ def exchange_resource(settings: Settings) -> ExchangeResource:
         url=settings.exchange_url,
         timeout_s=settings.request_timeout_s,
         max_retries=settings.max_request_retries,
+        concurrency=settings.fetch_concurrency,
     )

@@ -35,6 +35,7 @@ from ..timeutil import system_clock_ms
 from .base import Exchange, Market
 
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
+WEIGHT_PREFIX = "x-mbx-used-weight-"
 _KLINES_WEIGHT = 2  # Binance: klines with limit <= 1000
 _INTERVAL_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 
@@ -72,6 +73,7 @@ class WeightGovernor:
         self.used = 0
         self.offset_s = 0.0  # exchange clock - our clock, when the exchange told its time
         self.calibrated = False  # an answer in the current process has told the weight already used
+        self.limit_learnt = False  # limit and window come from exchangeInfo once it has been read
         self._window = None
         self._sleep = sleep
         self._clock = clock
@@ -119,10 +121,15 @@ class WeightGovernor:
 
     def after_response(self, headers: dict | None, token: int | None = None) -> None:
         """Take the used weight the exchange reported, if the request was counted in the current window."""
-        value = _header(headers, WEIGHT_HEADER)
+        value, window_s = _used_weight(headers)
         with self._lock:
+            resized = window_s is not None and window_s != self.window_s and not self.limit_learnt
+            if resized:
+                self.window_s = window_s  # the header's name tells the window before exchangeInfo does
             window = self._roll(self._now())  # before the pop: a straddler counts in the new window
             sent = self._in_flight.pop(token, (None, 0))[0] if token is not None else window
+            if resized:
+                sent = window  # counted under a window size we did not know yet: take the exchange's word
             if value is None:
                 return
             try:
@@ -154,6 +161,26 @@ class WeightGovernor:
     def set_server_time(self, server_ms: int, sent_at: float, received_at: float) -> None:
         with self._lock:
             self.offset_s = server_ms / 1000.0 - (sent_at + received_at) / 2
+
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _used_weight(headers) -> tuple[str | None, float | None]:
+    """(used weight, window seconds) from Binance's X-MBX-USED-WEIGHT-(n)(unit) headers; the shortest window
+    wins when several are sent (it resets first and binds first)."""
+    best = (None, None)
+    for k, v in (headers or {}).items():
+        name = k.lower()
+        if not name.startswith(WEIGHT_PREFIX):
+            continue
+        suffix = name[len(WEIGHT_PREFIX):]
+        if len(suffix) < 2 or not suffix[:-1].isdigit() or suffix[-1] not in _UNIT_SECONDS:
+            continue
+        seconds = float(int(suffix[:-1]) * _UNIT_SECONDS[suffix[-1]])
+        if best[1] is None or seconds < best[1]:
+            best = (v, seconds)
+    return best
 
 
 def _header(headers, name: str):
@@ -370,6 +397,7 @@ class CcxtExchange(Exchange):
                     return
                 with self.governor._lock:
                     self.governor.limit, self.governor.window_s = limit, float(seconds)
+                    self.governor.limit_learnt = True
                 return
 
     def check_symbol(self, symbol: str) -> str:

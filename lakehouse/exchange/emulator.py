@@ -12,7 +12,7 @@ exact JSON, headers and status codes for the few public endpoints the lakehouse 
 Rate limiting follows Binance: weight is counted per client IP in fixed windows aligned to epoch multiples of
 the window; a request that would cross the limit gets 429 with Retry-After (seconds until the window resets);
 any request sent while that Retry-After runs earns a 418 ban of `ban_s` seconds, during which everything is 418.
-Every response (4xx included) carries X-MBX-USED-WEIGHT-1M.
+Every response (4xx included) carries X-MBX-USED-WEIGHT-1M (and, for another window, the header named after it).
 
 Faults are queued in-process with `inject()` or over HTTP with POST /_emulator/faults; GET /_emulator/stats
 returns the counters. Control endpoints under /_emulator/ are never weight-counted or faulted.
@@ -332,7 +332,7 @@ class BinanceEmulator:
             window = self._window(now)
             if client.window != window:
                 client.window, client.used = window, 0
-            used_header = {"X-MBX-USED-WEIGHT": str(client.used), "X-MBX-USED-WEIGHT-1M": str(client.used)}
+            used_header = self._used_headers(client.used)
             if self._outage:
                 # What the CDN in front of a down exchange sends: no Binance JSON, just a 503 page.
                 page = _HTML_PAGE.format(title="503 Service Temporarily Unavailable").encode()
@@ -358,7 +358,7 @@ class BinanceEmulator:
             client.used += weight
             self.weight_used_total += weight
             self.peak_used = max(self.peak_used, client.used)
-            used_header = {"X-MBX-USED-WEIGHT": str(client.used), "X-MBX-USED-WEIGHT-1M": str(client.used)}
+            used_header = self._used_headers(client.used)
 
             fault = self._pop_fault(path)
             if fault is not None:
@@ -385,6 +385,14 @@ class BinanceEmulator:
             resp = self._apply_fault(fault, resp)
         resp.headers.update(used_header)
         return resp
+
+    def _used_headers(self, used: int) -> dict:
+        """Binance names the header after its window, X-MBX-USED-WEIGHT-(intervalNum)(intervalLetter); the 1M
+        name is always sent too, as clients written for Binance's default look for it."""
+        interval, num = _rate_limit_interval(self.weight_window_s)
+        headers = {"X-MBX-USED-WEIGHT": str(used), "X-MBX-USED-WEIGHT-1M": str(used)}
+        headers[f"X-MBX-USED-WEIGHT-{num}{interval[0]}"] = str(used)
+        return headers
 
     def _pop_fault(self, path: str) -> _Fault | None:
         for fault in self._faults:

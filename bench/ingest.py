@@ -1,9 +1,14 @@
-"""Ingestion throughput against the loopback Binance emulator when its request-weight budget is the bottleneck.
+"""Ingestion throughput against the loopback Binance emulator: with and without network latency, and when the
+request-weight budget is the bottleneck.
 
-Prints candles/s achieved, the budget's theoretical maximum, their ratio (target >= 0.9), the 429/418 counts
-(target: 0 x 418), and the peak memory of fetching one symbol-year of 1m candles (target < 1 GiB).
+Prints, side by side: candles/s with no latency and with --latency-ms (+- --jitter-ms) and their ratio (target
+>= 0.9: requests overlap, so latency should not slow the download), the budget-bound run's candles/s against
+the budget's theoretical maximum (target >= 0.9), 429/418 counts (target: 0 x 418), the rerun of the
+up-to-date range (target: at most 1 klines request per symbol plus market loading), and peak memory (RSS) of
+each figure's process; --year also fetches one symbol-year (target < 1 GiB).
 
-    python bench/ingest.py [--symbols 3] [--days 30] [--weight 40] [--window 1.0] [--year/--no-year]
+    python bench/ingest.py [--symbols 5] [--days 30] [--latency-ms 50] [--jitter-ms 20] [--weight 120]
+                           [--window 1.0] [--concurrency 4] [--year/--no-year]
 """
 
 from __future__ import annotations
@@ -20,24 +25,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lakehouse.exchange.ccxt_client import CcxtExchange  # noqa: E402
+from lakehouse.exchange.ccxt_client import CcxtExchange, forget_shared_state  # noqa: E402
 from lakehouse.exchange.emulator import BinanceEmulator  # noqa: E402
 from lakehouse.exchange.simulated import SimulatedSource  # noqa: E402
 from lakehouse.ingest import ingest_days  # noqa: E402
 from lakehouse.storage import Storage  # noqa: E402
 
 KLINES_WEIGHT = 2
-PAGE = 1000
+PAGE = 999  # minutes per request window (see lakehouse.ingest.fetch_window)
+FIRST = dt.date(2023, 1, 1)
 
 
-def throughput(n_symbols: int, n_days: int, weight: int, window: float) -> dict:
+def run(n_symbols: int, n_days: int, weight: int, window: float, latency_ms: float, jitter_ms: float,
+        concurrency: int, rerun: bool = False) -> dict:
+    """One download of n_symbols x n_days in a fresh lakehouse (and, with rerun, the same range again)."""
+    forget_shared_state()
     source = SimulatedSource(synthetic=n_symbols, outage_rate=0.0)
     symbols = [f"SIM{i:03d}/USDT" for i in range(n_symbols)]
-    first = dt.date(2023, 1, 1)
-    days = [first + dt.timedelta(days=i) for i in range(n_days)]
-    with BinanceEmulator(source=source, weight_limit=weight, weight_window_s=window) as emu, \
-            tempfile.TemporaryDirectory() as root:
-        client = CcxtExchange("binance", url=emu.url, timeout_s=10)
+    days = [FIRST + dt.timedelta(days=i) for i in range(n_days)]
+    with BinanceEmulator(source=source, weight_limit=weight, weight_window_s=window, latency_ms=latency_ms,
+                         jitter_ms=jitter_ms) as emu, tempfile.TemporaryDirectory() as root:
+        client = CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
         client.markets()  # exchangeInfo is a one-off cost, not part of the steady state measured here
         emu.reset_counters()
         started = time.perf_counter()
@@ -45,22 +53,42 @@ def throughput(n_symbols: int, n_days: int, weight: int, window: float) -> dict:
         for symbol in symbols:
             candles += ingest_days(client, Storage(root), symbol, days).candles
         elapsed = time.perf_counter() - started
-        counts = {"429": emu.count_429, "418": emu.count_418, "requests": emu.requests}
-    theoretical = weight / window / KLINES_WEIGHT * PAGE
-    achieved = candles / elapsed
-    return {
-        "symbols": n_symbols, "days": n_days, "candles": candles, "elapsed_s": round(elapsed, 2),
-        "budget": f"{weight} weight / {window:g} s", "achieved_candles_per_s": round(achieved),
-        "theoretical_candles_per_s": round(theoretical), "ratio": round(achieved / theoretical, 3),
-        "http_429": counts["429"], "http_418": counts["418"], "requests": counts["requests"],
-        "governor_waits": client.governor.waits,
-    }
+        stats = emu.stats()
+        out = {
+            "candles": candles, "elapsed_s": elapsed, "candles_per_s": candles / elapsed,
+            "requests": stats["requests"], "http_429": stats["count_429"], "http_418": stats["count_418"],
+            "peak_used_weight": stats["peak_used_weight"], "peak_in_flight": stats["peak_in_flight"],
+            "weight_used": stats["weight_used_total"], "governor_waits": client.governor.waits,
+        }
+        if rerun:
+            forget_shared_state()  # as a new process would
+            emu.reset_counters()
+            started = time.perf_counter()
+            rerun_client = CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
+            for symbol in symbols:
+                ingest_days(rerun_client, Storage(root), symbol, days)
+            out["rerun_s"] = time.perf_counter() - started
+            out["rerun_paths"] = emu.stats()["paths"]
+    return out
+
+
+def child(spec: str) -> None:
+    """Run one measurement in this process and print it with the process's peak RSS."""
+    result = run(**json.loads(spec))
+    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(**spec) -> dict:
+    """Each figure in its own process, so peak RSS is that figure's own."""
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def one_symbol_year_child(url: str, root: str) -> None:
     client = CcxtExchange("binance", url=url, timeout_s=30)
-    first = dt.date(2023, 1, 1)
-    report = ingest_days(client, Storage(root), "SIM000/USDT", [first + dt.timedelta(days=i) for i in range(365)])
+    report = ingest_days(client, Storage(root), "SIM000/USDT", [FIRST + dt.timedelta(days=i) for i in range(365)])
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"candles": report.candles, "requests": report.requests, "peak_mib": round(peak_kib / 1024, 1)}))
 
@@ -80,24 +108,49 @@ def one_symbol_year() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--symbols", type=int, default=3)
+    parser.add_argument("--symbols", type=int, default=5)
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--weight", type=int, default=40, help="emulator weight budget per window")
-    parser.add_argument("--window", type=float, default=1.0, help="emulator weight window in seconds")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="emulated network round trip")
+    parser.add_argument("--jitter-ms", type=float, default=20.0, help="+- uniform jitter on the round trip")
+    parser.add_argument("--weight", type=int, default=120, help="budget-bound run: weight per window")
+    parser.add_argument("--window", type=float, default=1.0, help="budget-bound run: window in seconds")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
     parser.add_argument("--year", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure peak memory for one symbol-year")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-year", nargs=2, metavar=("URL", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
     if args.child_year:
         one_symbol_year_child(*args.child_year)
         return
-    t = throughput(args.symbols, args.days, args.weight, args.window)
-    print(f"ingest: {t['symbols']} symbols x {t['days']} days = {t['candles']:,} candles in {t['elapsed_s']} s "
-          f"({t['requests']} requests, budget {t['budget']})")
-    print(f"  achieved     {t['achieved_candles_per_s']:>8,} candles/s")
-    print(f"  theoretical  {t['theoretical_candles_per_s']:>8,} candles/s (budget / {KLINES_WEIGHT} weight x {PAGE})")
-    print(f"  ratio        {t['ratio']:>8}  (target >= 0.9)")
-    print(f"  429s {t['http_429']}  418s {t['http_418']} (target 0)  governor waits {t['governor_waits']}")
+    free = dict(n_symbols=args.symbols, n_days=args.days, weight=6000, window=60.0, concurrency=args.concurrency)
+    print(f"ingest: {args.symbols} symbols x {args.days} days of 1m, concurrency {args.concurrency}, "
+          f"Binance's budget (6000 weight / 60 s)")
+    flat = measure(**free, latency_ms=0.0, jitter_ms=0.0, rerun=True)
+    slow = measure(**free, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms)
+    print(f"  {'':<28}{'candles/s':>12}{'wall s':>9}{'requests':>10}{'in flight':>11}{'429':>5}{'418':>5}{'peak RSS MiB':>14}")
+    for name, r in ((f"no latency", flat), (f"{args.latency_ms:g} +- {args.jitter_ms:g} ms latency", slow)):
+        print(f"  {name:<28}{r['candles_per_s']:>12,.0f}{r['elapsed_s']:>9.2f}{r['requests']:>10}"
+              f"{r['peak_in_flight']:>11}{r['http_429']:>5}{r['http_418']:>5}{r['peak_mib']:>14.0f}")
+    print(f"  latency / no latency  {slow['candles_per_s'] / flat['candles_per_s']:.3f}  (target >= 0.9)")
+    klines = flat["rerun_paths"].get("/api/v3/klines", 0)
+    print(f"  rerun of the up-to-date range (new process): {klines} klines requests for {args.symbols} symbols "
+          f"(target <= {args.symbols}), other requests {dict((k, v) for k, v in flat['rerun_paths'].items() if k != '/api/v3/klines')}, "
+          f"{flat['rerun_s']:.2f} s")
+
+    bound = measure(n_symbols=args.symbols, n_days=args.days, weight=args.weight, window=args.window,
+                    latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, concurrency=args.concurrency)
+    theoretical = args.weight / args.window / KLINES_WEIGHT * PAGE
+    print(f"budget-bound: {args.weight} weight / {args.window:g} s, {args.latency_ms:g} ms latency")
+    print(f"  achieved     {bound['candles_per_s']:>10,.0f} candles/s in {bound['elapsed_s']:.1f} s "
+          f"({bound['requests']} requests, peak {bound['peak_used_weight']} weight in a window, "
+          f"{bound['governor_waits']} governor waits)")
+    print(f"  theoretical  {theoretical:>10,.0f} candles/s (budget / {KLINES_WEIGHT} weight x {PAGE})")
+    print(f"  ratio        {bound['candles_per_s'] / theoretical:>10.3f}  (target >= 0.9)")
+    print(f"  429s {bound['http_429']}  418s {bound['http_418']} (target 0), peak RSS {bound['peak_mib']:.0f} MiB")
     if args.year:
         y = one_symbol_year()
         print(f"one symbol-year: {y['candles']:,} candles, {y['requests']} requests, {y['elapsed_s']} s, "

@@ -291,9 +291,8 @@ def ingest_days(
         else:
             plans.append(plan)
     for group in _contiguous(plans):
+        # No listing clamp here: asking for it costs a request, and the exchange sends nothing before it anyway.
         start_ms = group[0].start_ms
-        if group[0].kept is None:
-            start_ms = listing.window_start(start_ms)  # nothing to ask for before the listing
         end_ms = group[-1].end_ms
         buffers: dict[dt.date, list[np.ndarray]] = {}
         pending = list(group)

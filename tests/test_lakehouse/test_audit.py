@@ -190,7 +190,8 @@ def test_a_run_that_writes_nothing_is_retried_after_a_delay_not_every_tick(stora
 def test_invalid_content_that_the_source_keeps_sending_is_given_up(storage, sim_exchange):
     ingest_days(sim_exchange, storage, "BTC/USDT", [D9, D10])
     raw = storage.read_partition(RAW_OHLCV, EX, "BTC/USDT", D9)
-    bad = pl.concat([raw, raw.head(1)]).sort("timestamp")
+    # Duplicates are data raw keeps as sent; a candle of another day in the file is not.
+    bad = pl.concat([raw, raw.tail(1).with_columns(pl.col("timestamp") + pl.duration(days=1))])
     clock = Clock()
     for _ in range(3):
         storage.write_partition(RAW_OHLCV, EX, "BTC/USDT", D9, bad)
@@ -200,7 +201,7 @@ def test_invalid_content_that_the_source_keeps_sending_is_given_up(storage, sim_
     storage.write_partition(RAW_OHLCV, EX, "BTC/USDT", D9, bad)
     audit = auditor(storage, clock=clock, retry_delay_minutes=0).run([tracked(start=D9)], NOW_MS)
     assert [(str(f.day), f.state, f.detail, f.gave_up) for f in audit.findings] == [
-        ("2024-03-09", "invalid", "unreadable: duplicate or unordered candle timestamps", True)]
+        ("2024-03-09", "invalid", "unreadable: candles outside 2024-03-09", True)]
     assert audit.plan == []
     assert "1 invalid given up after 3 attempts" in audit.summary()
 

@@ -226,7 +226,10 @@ def test_symbols_available_fails_loudly_when_markets_fail(emulator, monkeypatch)
 
 # weight budget -----------------------------------------------------------------------------------
 def test_a_new_process_reads_the_weight_already_used_before_sending(source, storage):
-    with BinanceEmulator(source=source, weight_window_s=3.0) as emu:
+    import time
+
+    with BinanceEmulator(source=source, weight_window_s=2.0) as emu:
+        time.sleep(2.0 - time.time() % 2.0 + 0.05)  # a fresh window, so the one below is still running
         emu.use_weight(5990)  # another process on this IP spent almost all of the window
         client = client_for(emu)
         ingest_days(client, storage, "BTC/USDT", [D1])

@@ -7,8 +7,10 @@ the budget's theoretical maximum (target >= 0.9), 429/418 counts (target: 0 x 41
 up-to-date range (target: at most 1 klines request per symbol plus market loading), and peak memory (RSS) of
 each figure's process; --year also fetches one symbol-year (target < 1 GiB).
 
-    python bench/ingest.py [--symbols 5] [--days 30] [--latency-ms 50] [--jitter-ms 20] [--weight 120]
+    python bench/ingest.py [--symbols 5] [--days 30] [--latency-ms 50] [--jitter-ms 20] [--weight 40]
                            [--window 1.0] [--concurrency 4] [--year/--no-year]
+
+The emulator runs in its own process (as an exchange would); each figure is measured in a fresh process.
 """
 
 from __future__ import annotations
@@ -36,24 +38,55 @@ PAGE = 999  # minutes per request window (see lakehouse.ingest.fetch_window)
 FIRST = dt.date(2023, 1, 1)
 
 
+class EmulatorProcess:
+    """The emulator in its own process, as an exchange would be: its JSON encoding does not share our GIL."""
+
+    def __init__(self, **options):
+        self.options = options
+
+    def __enter__(self) -> "EmulatorProcess":
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        args = [sys.executable, "-m", "lakehouse.exchange.emulator", "--port", str(self.port)]
+        for name, value in self.options.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        self.proc.stdout.readline()  # "serving on ..."
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def call(self, method: str, path: str) -> dict:
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=b"{}" if method == "POST" else None, method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+
 def run(n_symbols: int, n_days: int, weight: int, window: float, latency_ms: float, jitter_ms: float,
         concurrency: int, rerun: bool = False) -> dict:
     """One download of n_symbols x n_days in a fresh lakehouse (and, with rerun, the same range again)."""
     forget_shared_state()
-    source = SimulatedSource(synthetic=n_symbols, outage_rate=0.0)
     symbols = [f"SIM{i:03d}/USDT" for i in range(n_symbols)]
     days = [FIRST + dt.timedelta(days=i) for i in range(n_days)]
-    with BinanceEmulator(source=source, weight_limit=weight, weight_window_s=window, latency_ms=latency_ms,
-                         jitter_ms=jitter_ms) as emu, tempfile.TemporaryDirectory() as root:
+    with EmulatorProcess(synthetic=n_symbols, outage_rate=0.0, weight_limit=weight, window=window,
+                         latency_ms=latency_ms, jitter_ms=jitter_ms) as emu, tempfile.TemporaryDirectory() as root:
         client = CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
         client.markets()  # exchangeInfo is a one-off cost, not part of the steady state measured here
-        emu.reset_counters()
+        emu.call("POST", "/_emulator/reset")
         started = time.perf_counter()
         candles = 0
         for symbol in symbols:
             candles += ingest_days(client, Storage(root), symbol, days).candles
         elapsed = time.perf_counter() - started
-        stats = emu.stats()
+        stats = emu.call("GET", "/_emulator/stats")
         out = {
             "candles": candles, "elapsed_s": elapsed, "candles_per_s": candles / elapsed,
             "requests": stats["requests"], "http_429": stats["count_429"], "http_418": stats["count_418"],
@@ -62,13 +95,13 @@ def run(n_symbols: int, n_days: int, weight: int, window: float, latency_ms: flo
         }
         if rerun:
             forget_shared_state()  # as a new process would
-            emu.reset_counters()
+            emu.call("POST", "/_emulator/reset")
             started = time.perf_counter()
             rerun_client = CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
             for symbol in symbols:
                 ingest_days(rerun_client, Storage(root), symbol, days)
             out["rerun_s"] = time.perf_counter() - started
-            out["rerun_paths"] = emu.stats()["paths"]
+            out["rerun_paths"] = emu.call("GET", "/_emulator/stats")["paths"]
     return out
 
 
@@ -112,7 +145,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--latency-ms", type=float, default=50.0, help="emulated network round trip")
     parser.add_argument("--jitter-ms", type=float, default=20.0, help="+- uniform jitter on the round trip")
-    parser.add_argument("--weight", type=int, default=120, help="budget-bound run: weight per window")
+    parser.add_argument("--weight", type=int, default=40, help="budget-bound run: weight per window")
     parser.add_argument("--window", type=float, default=1.0, help="budget-bound run: window in seconds")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
     parser.add_argument("--year", action=argparse.BooleanOptionalAction, default=True,

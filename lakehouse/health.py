@@ -219,7 +219,7 @@ def exchange_component(settings: Settings, timeout_s: float = 5.0) -> Component:
     except LakehouseError as exc:
         return Component(EXCHANGE, DOWN, f"{where}: {exc}", details)
     try:
-        markets = client.markets()
+        markets = client.markets(reload=True)  # a health check looks now, not at this process's cached list
         headers = client.client.last_response_headers or {}
         used = next((v for k, v in headers.items() if k.lower() == WEIGHT_HEADER), None)
     except Exception as exc:  # noqa: BLE001  (any failure to answer is the finding)

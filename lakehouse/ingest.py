@@ -1,8 +1,14 @@
-"""Fetch 1m candles for whole UTC days, verify them against what was asked, and store one file per day.
+"""Fetch 1m candles for whole UTC days, keep them as the exchange sent them, and store one file per day.
 
-A range of days is fetched in one pass (pages of up to 1000 candles run across day boundaries) and each day
-is written as soon as the stream has moved past it, so memory stays flat and an interrupted range keeps the
-days it finished.
+- Resume: a closed day whose stored file is valid and complete (every minute of its window, or gaps already
+  confirmed at the source) is not asked for again unless `refetch`; a file holding an unbroken run of
+  candles from the day's start (today, or a day cut short) gets only the minutes after it.
+- The rest is planned per day, grouped into contiguous streams and cut into windows of `page_limit - 1`
+  minutes. Windows are fetched by a bounded pool (`Exchange.concurrency`; the live client's weight governor
+  keeps every request inside the exchange's budget), consumed in order, and each day is written as soon as
+  the stream has passed it, so memory stays flat and an interrupted range keeps the days it finished.
+- Rows are stored as sent: duplicates, misaligned open times and impossible values included (clean_bars
+  rejects them with a reason). Only rows outside the window asked for fail the fetch.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import itertools
+import threading
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -126,7 +133,7 @@ def contiguous_ranges(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
     return ranges
 
 
-def fetch_window(exchange: Exchange, symbol: str, lo: int, hi: int) -> np.ndarray:
+def fetch_window(exchange: Exchange, symbol: str, lo: int, hi: int, stop: threading.Event | None = None) -> np.ndarray:
     """Every row the exchange sends for open times in [lo, hi), in the order sent, paging as needed.
 
     A full page may stop in the middle of a timestamp's rows (a duplicated candle split across two pages), so
@@ -136,6 +143,8 @@ def fetch_window(exchange: Exchange, symbol: str, lo: int, hi: int) -> np.ndarra
     parts: list[np.ndarray] = []
     since = lo
     while since < hi:
+        if stop is not None and stop.is_set():
+            raise IncompleteFetchError(f"{exchange.id} {symbol}: fetch stopped; nothing more was written")
         page = np.asarray(exchange.fetch_page(symbol, since, hi - 1, limit), dtype=np.float64).reshape(-1, 6)
         if not len(page):
             break  # a well-formed empty answer: the exchange has nothing left in the window
@@ -177,22 +186,25 @@ def iter_windows(exchange: Exchange, symbol: str, windows: list[tuple[int, int]]
             yield lo, hi, fetch_window(exchange, symbol, lo, hi)
         return
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{exchange.id}")
+    stop = threading.Event()
     pending: collections.deque = collections.deque()
     todo = iter(windows)
+    finished = False
     try:
         for lo, hi in itertools.islice(todo, 2 * workers):
-            pending.append((lo, hi, pool.submit(fetch_window, exchange, symbol, lo, hi)))
+            pending.append((lo, hi, pool.submit(fetch_window, exchange, symbol, lo, hi, stop)))
         while pending:
             lo, hi, future = pending.popleft()
             rows = future.result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append((*nxt, pool.submit(fetch_window, exchange, symbol, *nxt)))
+                pending.append((*nxt, pool.submit(fetch_window, exchange, symbol, *nxt, stop)))
             yield lo, hi, rows
+        finished = True
     finally:
-        for _, _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
+        # On failure or interruption the other windows stop at their next page instead of running on.
+        stop.set()
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _gaps(ts: np.ndarray, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
@@ -290,6 +302,7 @@ def ingest_days(
             results.append(_kept_result(symbol, day, entry, ws, we, listing))
         else:
             plans.append(plan)
+    # The seam for other sources: each plan is one day and what it still needs from the exchange.
     for group in _contiguous(plans):
         # No listing clamp here: asking for it costs a request, and the exchange sends nothing before it anyway.
         start_ms = group[0].start_ms
@@ -387,8 +400,10 @@ def _plan_day(storage, exchange_id, symbol, day, ws, we, entry, confirmed, listi
         if tail >= we:
             return None  # today, already up to its newest closed candle
         kept = storage.read_partition(RAW_OHLCV, exchange_id, symbol, day)
-        if kept is not None:
-            return _DayPlan(day, tail, we, kept.select(list(RAW_SCHEMA)))
+        if kept is not None and kept.height:
+            # Right after the newest row kept, misaligned ones included, so no row is asked for twice.
+            since = max(tail, int(kept.get_column("timestamp").dt.epoch("ms").max()) + 1)
+            return None if since >= we else _DayPlan(day, since, we, kept.select(list(RAW_SCHEMA)))
     return _DayPlan(day, ws, we)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from dagster import instance_for_test
@@ -58,3 +59,12 @@ def _isolated_env(monkeypatch, tmp_path):
     for var in ("LAKEHOUSE_EXCHANGE", "LAKEHOUSE_EXCHANGE_URL", "DAGSTER_URL"):
         monkeypatch.delenv(var, raising=False)
     os.makedirs(tmp_path / "dagster_home_env", exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exchange_state():
+    """Budgets and market lists are shared per process and per URL; a test's emulator may reuse a port."""
+    yield
+    module = sys.modules.get("lakehouse.exchange.ccxt_client")
+    if module is not None:
+        module.forget_shared_state()

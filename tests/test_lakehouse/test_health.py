@@ -153,15 +153,16 @@ def test_the_simulated_exchange_has_no_weight_to_watch():
     assert (got.state, got.reason) == ("ok", "simulated exchange (offline): 9 markets, no request weight to watch")
 
 
-@pytest.mark.parametrize("limit, state, headroom", [(6000, "ok", "99.7%"), (22, "degraded", "9.1%")])
+# 21 weight used: the client's cheap first call (/api/v3/time, 1) and exchangeInfo (20).
+@pytest.mark.parametrize("limit, state, headroom", [(6000, "ok", "99.7%"), (22, "degraded", "4.5%")])
 def test_a_live_exchange_reports_its_weight_headroom(limit, state, headroom):
     with BinanceEmulator(source=SimulatedSource(outage_rate=0.0), weight_limit=limit) as emu:
         url = emu.url
         got = h.exchange_component(Settings.from_env({"LAKEHOUSE_EXCHANGE": "binance", "LAKEHOUSE_EXCHANGE_URL": url}))
     assert got.state == state
-    assert got.reason == (f"binance via {url}: reachable, 9 markets; request weight 20/{limit} per 60 s used "
+    assert got.reason == (f"binance via {url}: reachable, 9 markets; request weight 21/{limit} per 60 s used "
                           f"({headroom} headroom)")
-    assert (got.details["weight_used"], got.details["weight_limit"]) == (20, limit)
+    assert (got.details["weight_used"], got.details["weight_limit"]) == (21, limit)
 
 
 def test_an_unreachable_exchange_is_down_after_one_attempt():

@@ -24,17 +24,6 @@ D1 = dt.date(2024, 1, 1)
 DAYS = [D1, D1 + dt.timedelta(days=1), D1 + dt.timedelta(days=2)]  # 4320 candles: 5 pages
 
 
-@pytest.fixture
-def source():
-    return SimulatedSource(outage_rate=0.0)
-
-
-@pytest.fixture
-def emulator(source):
-    with BinanceEmulator(source=source, ban_s=1) as emu:
-        yield emu
-
-
 def client_for(emu, **kw):
     kw = {"timeout_s": 2.0, "max_retries": 4, "backoff_base_s": 0.01, **kw}
     return CcxtExchange("binance", url=emu.url, **kw)

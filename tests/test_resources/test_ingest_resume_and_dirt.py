@@ -40,17 +40,6 @@ def _new_process():
     forget_shared_state()
 
 
-@pytest.fixture
-def source():
-    return SimulatedSource(outage_rate=0.0)
-
-
-@pytest.fixture
-def emulator(source):
-    with BinanceEmulator(source=source, ban_s=1) as emu:
-        yield emu
-
-
 def client_for(emu, **kw):
     return CcxtExchange("binance", url=emu.url, **{"timeout_s": 2.0, "max_retries": 3, "backoff_base_s": 0.01, **kw})
 

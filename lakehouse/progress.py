@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 @dataclasses.dataclass(frozen=True)
 class ProgressEvent:
-    kind: str  # "partition_done" | "partition_failed" | "requests"
+    kind: str  # "partition_done" | "partition_failed" | "requests" | "waiting" (detail says for what)
     layer: str
     symbol: str | None = None
     day: str | None = None

@@ -24,6 +24,7 @@ from typing import Callable
 import ccxt
 import numpy as np
 
+from .. import progress
 from ..errors import (
     ExchangeError,
     RateLimitedError,
@@ -84,6 +85,7 @@ class WeightGovernor:
         self.waits = 0
         self.waited_s = 0.0
         self.peak_in_flight = 0
+        self._noted = None  # the wait last reported as progress
 
     def _now(self) -> float:
         return self._clock() + self.offset_s
@@ -99,11 +101,15 @@ class WeightGovernor:
     def before_request(self, weight: int) -> int:
         """Wait until `weight` fits in the budget, reserve it and return a token for after_response."""
         while True:
+            note = None
             with self._lock:
                 now = self._now()
                 window = self._roll(now)
                 if now < self._blocked_until:
                     delay = self._blocked_until - now
+                    if delay >= 1.0 and self._noted != ("blocked", self._blocked_until):
+                        self._noted = ("blocked", self._blocked_until)
+                        note = f"waiting {delay:.0f}s: the exchange asked for a pause (Retry-After)"
                 elif not self.calibrated and self._in_flight:
                     delay = 0.005  # the first answer is on its way; it says how much weight is left
                 elif self.used + weight > self.limit * (1 - self.headroom):
@@ -111,12 +117,18 @@ class WeightGovernor:
                     delay = (window + 1) * self.window_s - now + 0.05
                     self.waits += 1
                     self.waited_s += max(0.0, delay)
+                    if delay >= 1.0 and self._noted != ("window", window):
+                        self._noted = ("window", window)  # one line per wait, not one per worker
+                        note = (f"waiting {delay:.0f}s for the exchange's request-weight window to reset "
+                                f"({self.used}/{self.limit} used)")
                 else:
                     self.used += weight
                     token = next(self._tokens)
                     self._in_flight[token] = (window, weight)
                     self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
                     return token
+            if note:  # outside the lock: a display must not hold up the other workers
+                progress.emit(progress.ProgressEvent("waiting", "raw_ohlcv", detail=note))
             self._sleep(max(0.0, delay))
 
     def after_response(self, headers: dict | None, token: int | None = None) -> None:

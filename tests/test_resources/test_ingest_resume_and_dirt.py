@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+from lakehouse import progress
 from lakehouse.audit import Ledger, gap_detail, ledger_key
 from lakehouse.errors import TransientExchangeError
 from lakehouse.exchange.ccxt_client import CcxtExchange, forget_shared_state
@@ -221,9 +222,12 @@ def test_a_new_process_reads_the_weight_already_used_before_sending(source, stor
         time.sleep(2.0 - time.time() % 2.0 + 0.05)  # a fresh window, so the one below is still running
         emu.use_weight(5990)  # another process on this IP spent almost all of the window
         client = client_for(emu)
-        ingest_days(client, storage, "BTC/USDT", [D1])
+        notes = []
+        with progress.subscribe(lambda e: notes.append(e.detail) if e.kind == "waiting" else None):
+            ingest_days(client, storage, "BTC/USDT", [D1])
         assert (emu.count_429, emu.count_418) == (0, 0)
         assert client.governor.waits >= 1  # it waited for the window to reset instead of sending exchangeInfo
+        assert notes and "for the exchange's request-weight window to reset (5991/6000 used)" in notes[0]
         assert emu.stats()["paths"]["/api/v3/time"] == 1  # the cheap first call
 
 

@@ -325,6 +325,9 @@ class CcxtExchange(Exchange):
             except ccxt.BaseError as exc:
                 self._settle(token)
                 raise ExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
+            except BaseException:
+                self._settle(token)  # a request left "in flight" would hold every later one back
+                raise
             attempt += 1
             if attempt > self.max_retries:
                 raise error
@@ -458,7 +461,7 @@ class CcxtExchange(Exchange):
                 parsed = json.loads(body) if body else None
             except ValueError:
                 parsed = None
-            if parsed is None or (not page and parsed not in ([], {})):
+            if parsed is None:  # each exchange wraps its rows its own way; only JSON is required here
                 raise TransientExchangeError(f"{self.id}: malformed 200 response for {symbol} klines: {str(body)[:80]!r}")
             return np.asarray([r[:6] for r in page], dtype=np.float64).reshape(-1, 6)
 

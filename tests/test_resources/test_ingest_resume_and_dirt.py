@@ -123,13 +123,16 @@ def test_cli_backfill_skips_complete_days_and_refetch_reaches_the_run(emulator, 
     monkeypatch.setenv("LAKEHOUSE_EXCHANGE", "binance")
     monkeypatch.setenv("LAKEHOUSE_EXCHANGE_URL", emulator.url)
     runner = CliRunner()
-    assert runner.invoke(cli, ["symbols", "add", "ETH/USDT", "--start", "2024-01-01"]).exit_code == 0
+    assert runner.invoke(cli, ["symbols", "add", "ETH/USDT", "BTC/USDT", "--start", "2024-01-01"]).exit_code == 0
     args = ["backfill", "--start", "2024-01-01", "--end", "2024-01-02", "--assets", "raw_ohlcv"]
-    assert runner.invoke(cli, args).exit_code == 0
     emulator.reset_counters()
     assert runner.invoke(cli, args).exit_code == 0
-    assert emulator.path_counts[KLINES] == 0  # both days closed and complete
-    result = runner.invoke(cli, [*args, "--refetch"])
+    # One run per symbol, one market list for the process: loaded by `symbols add`, not again per symbol.
+    assert (emulator.path_counts[INFO], emulator.path_counts[KLINES]) == (0, 6)
+    emulator.reset_counters()
+    assert runner.invoke(cli, args).exit_code == 0
+    assert emulator.path_counts[KLINES] == 0  # every day closed and complete
+    result = runner.invoke(cli, [*args, "--symbols", "ETH/USDT", "--refetch"])
     assert result.exit_code == 0, result.output
     assert emulator.path_counts[KLINES] == 3  # 2880 minutes again
 

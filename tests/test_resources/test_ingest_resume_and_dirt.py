@@ -211,6 +211,9 @@ def test_symbols_available_fails_loudly_when_markets_fail(emulator, monkeypatch)
     assert result.exit_code == 1
     assert "could not load markets from binance" in result.output
     assert "BTC/USDT" not in result.output
+    added = CliRunner().invoke(cli, ["symbols", "add", "BTC/USDT"])
+    assert added.exit_code == 1 and "could not reach binance to check BTC/USDT" in added.output
+    assert "does not list" not in added.output  # a malformed market list says nothing about the symbol
     emulator.clear_faults()
     forget_shared_state()
     ok = CliRunner().invoke(cli, ["symbols", "available", "--quote", "USDT"])

@@ -27,3 +27,10 @@ def test_values_are_read():
 def test_malformed_settings_say_which_and_how(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_fetch_concurrency_setting():
+    assert Settings.from_env({}).fetch_concurrency == 4
+    assert Settings.from_env({"LAKEHOUSE_FETCH_CONCURRENCY": "8"}).fetch_concurrency == 8
+    with pytest.raises(ConfigError, match="LAKEHOUSE_FETCH_CONCURRENCY"):
+        Settings.from_env({"LAKEHOUSE_FETCH_CONCURRENCY": "0"})

@@ -268,3 +268,17 @@ def test_emulator_control_endpoints_for_dirt_and_weight(emulator):
     rows = emulator.candles("BTC/USDT", day_start_ms(D1), day_start_ms(D1) + 2 * MINUTE_MS, 10)
     assert rows[:, 0].tolist() == [day_start_ms(D1)] * 2 + [day_start_ms(D1) + MINUTE_MS] * 1 + [
         day_start_ms(D1) + 2 * MINUTE_MS]
+
+
+def test_kline_rows_are_read_as_sent_and_anything_else_is_malformed():
+    from lakehouse.exchange.ccxt_client import parse_klines
+
+    dirty = [[60_030, "1.5", "0.5", "2.0", "1.0", "-3", 119_999, "0", 1, "0", "0", "0"],
+             [0, "1", "2", "0.5", "1", "NaN", 59_999, "0", 1, "0", "0", "0"],
+             [0, "1", "2", "0.5", "1", "NaN", 59_999, "0", 1, "0", "0", "0"]]
+    rows = parse_klines(dirty)
+    np.testing.assert_array_equal(rows[:, :5], [[60_030, 1.5, 0.5, 2.0, 1.0], [0, 1, 2, 0.5, 1], [0, 1, 2, 0.5, 1]])
+    assert rows[0, 5] == -3 and np.isnan(rows[1:, 5]).all()  # order, duplicates and odd values kept
+    assert parse_klines([]).shape == (0, 6)
+    for junk in ("<html>", None, {"code": -1}, [[0, "1", "2"]], [[0, "x", "2", "1", "1", "1"]], [None], [[None] * 6]):
+        assert parse_klines(junk) is None, junk

@@ -223,7 +223,7 @@ class BinanceEmulator:
             self.path_counts: collections.Counter[str] = collections.Counter()
             self.peak_used = 0  # the highest weight any client reached in one window
             self.in_flight = 0
-            self.peak_in_flight = 0  # most requests being served at once
+            self.peak_in_flight = 0  # most requests in flight at once (from arrival to the answer sent)
 
     def reset_limits(self) -> None:
         """Forget used weight, pending Retry-Afters and bans (counters are kept)."""
@@ -682,20 +682,25 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         emu = self.emulator
         control = self.path.startswith(CONTROL_PREFIX)
-        half = 0.0 if control else emu.round_trip_s() / 2
+        if not control:  # a request is in flight from when it is sent until its answer is back
+            with emu._lock:
+                emu.in_flight += 1
+                emu.peak_in_flight = max(emu.peak_in_flight, emu.in_flight)
+        try:
+            self._answer(method, body, 0.0 if control else emu.round_trip_s() / 2)
+        finally:
+            if not control:
+                with emu._lock:
+                    emu.in_flight -= 1
+
+    def _answer(self, method: str, body: bytes, half: float) -> None:
+        emu = self.emulator
         if half and emu._stopping.wait(half):  # on the way in: the request is counted when it arrives
             self.close_connection = True
             return
-        with emu._lock:
-            emu.in_flight += 1
-            emu.peak_in_flight = max(emu.peak_in_flight, emu.in_flight)
-        try:
-            resp = emu.handle(method, self.path, self.client_address[0], body)
-        finally:
-            with emu._lock:
-                emu.in_flight -= 1
+        resp = emu.handle(method, self.path, self.client_address[0], body)
         resp.delay_s += half  # on the way back
-        if resp.delay_s and self.emulator._stopping.wait(resp.delay_s):
+        if resp.delay_s and emu._stopping.wait(resp.delay_s):
             self.close_connection = True
             return
         try:

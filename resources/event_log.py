@@ -5,7 +5,7 @@ hands those over in batches when DAGSTER_EVENT_BATCH_SIZE is set (planned events
 materializations of one output), but the OSS SQLite storage stores a batch one event at a time: two databases
 opened, written, committed and closed per event, about 12 ms each, half of a month's backfill. This storage
 writes the same rows (run shard, then the cross-run index: event, tags, asset key) in one transaction per
-database. Any batch it does not know how to store (check or run events) goes through Dagster's own path.
+database. Other events of a batch (asset check events) go through Dagster's own path, in order.
 
 Used by the project's dagster.yaml:
 
@@ -60,8 +60,26 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         return cls(inst_data=inst_data, **dict(config_value or {}))
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        if not events or not all(_plain_asset_event(e) for e in events) or len({e.run_id for e in events}) != 1:
-            return super().store_event_batch(events)
+        # In order: each stretch of asset events of one run in one go, anything else (check events, which
+        # also write their own table) through Dagster's store_event.
+        stretch: list[EventLogEntry] = []
+        for event in events:
+            if _plain_asset_event(event) and (not stretch or event.run_id == stretch[0].run_id):
+                stretch.append(event)
+                continue
+            self._store_asset_events(stretch)
+            stretch = []
+            if _plain_asset_event(event):
+                stretch.append(event)
+            else:
+                self.store_event(event)
+        self._store_asset_events(stretch)
+
+    def _store_asset_events(self, events: Sequence[EventLogEntry]) -> None:
+        if len(events) <= 1:
+            for event in events:
+                self.store_event(event)
+            return
         rows = [self._event_to_row(e) for e in events]
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)

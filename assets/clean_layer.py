@@ -103,15 +103,19 @@ def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dic
 
 
 def _clean_day_metadata(bars: pl.DataFrame, rejects: pl.DataFrame, raw_rows: int, completeness: dict) -> dict:
+    """A day's figures: the headline numbers each as a number (the UI plots them across partitions), the
+    breakdowns (bars per interval, rejects per reason) each as one JSON entry, which keeps every partition's
+    event small: its metadata is serialized several times per event."""
     counts = dict(bars.group_by("interval").len().iter_rows()) if bars.height else {}
     reasons = dict(rejects.group_by("reason").len().iter_rows()) if rejects.height else {}
     md = {
         "rows": bars.height,
         "raw_rows": raw_rows,
-        **{f"bars_{iv}": int(counts.get(iv, 0)) for iv in ALL_INTERVALS},
+        "bars_1m": int(counts.get("1m", 0)),
         "incomplete_bars": int(bars.filter(~pl.col("complete")).height),
         "rejected_rows": rejects.height,
-        **{f"rejected_{r}": int(reasons.get(r, 0)) for r in (*REASONS, OUTSIDE_DAY)},
+        "bars": {iv: int(counts.get(iv, 0)) for iv in ALL_INTERVALS},
+        "rejected": {r: int(reasons.get(r, 0)) for r in (*REASONS, OUTSIDE_DAY)},
     }
     md.update({k: completeness[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count")})
     md["completeness_pct"] = (round(100.0 * min(md["present_minutes"], md["expected_minutes"]) / md["expected_minutes"], 3)
@@ -166,8 +170,7 @@ def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan:
             add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
         if REJECTED_CANDLES in selected:
             add_partition_metadata(context, REJECTED_CANDLES, symbol, {
-                d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"],
-                    **{f"rejected_{r}": per_day[d][f"rejected_{r}"] for r in (*REASONS, OUTSIDE_DAY)}}
+                d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"], "reasons": per_day[d]["rejected"]}
                 for d in days})
         all_days += days
         if OHLC_SANITY in books:

@@ -92,7 +92,7 @@ def build_indicators(context: AssetExecutionContext, storage: Storage, ex: str,
                 f"{', '.join(short)}; values are null until TA-Lib's own lookback is met and the rows say "
                 f"warmup_ok=false")
         if book:
-            book.run(symbol, frames, checks.indicator_sanity)
+            book.run(symbol, frames, checks.indicator_sanity, whole=ind)
 
     if book:
         CheckBook.record_all([book], storage, ex, context.run_id)

@@ -8,7 +8,7 @@ import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, MaterializeResult
 
 from lakehouse import checks
-from lakehouse.schema import CLEAN_BARS, INDICATORS, SIGNALS
+from lakehouse.schema import CLEAN_BARS, INDICATORS, LAYERS, SIGNALS
 from lakehouse.signals import RULES, compute_signals
 from lakehouse.storage import Storage
 
@@ -38,7 +38,7 @@ def _signal_day_metadata(df: pl.DataFrame) -> dict:
         "rows": df.height,
         "buy": int((df.get_column("direction") > 0).sum()) if df.height else 0,
         "sell": int((df.get_column("direction") < 0).sum()) if df.height else 0,
-        **{f"rule_{r.name}": int(rules.get(r.name, 0)) for r in RULES},
+        "rules": {r.name: int(rules.get(r.name, 0)) for r in RULES},
     }
 
 
@@ -52,7 +52,7 @@ def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, pla
         gate(storage, INDICATORS, ex, symbol, first - ONE_DAY, last, SIGNALS)
         gate(storage, CLEAN_BARS, ex, symbol, first, last, SIGNALS)
         # The day before gives each series its previous bar, so a crossing at midnight is seen.
-        ind = storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, last)
+        ind = storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, last, columns=list(LAYERS[INDICATORS]))
         sig = compute_signals(ind, first, last + ONE_DAY)
         frames = split_days(sig, days)
         write_days(storage, SIGNALS, ex, symbol, frames)
@@ -61,9 +61,13 @@ def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, pla
         if book:
             bars = storage.read_range(CLEAN_BARS, ex, symbol, first, last,
                                       columns=["exchange", "symbol", "interval", "timestamp", "close"])
-            bars_by_day = split_days(bars, days)
-            book.add(symbol, {d: checks.signals_reference_bars(frames[d], bars_by_day[d])[0] if frames[d].height
-                              else True for d in days}, checks.signals_reference_bars(sig, bars)[1])
+            passed, md = checks.signals_reference_bars(sig, bars)
+            outcome = dict.fromkeys(days, True)
+            if not passed:  # only then day by day, to tell which days fail
+                bars_by_day = split_days(bars, days)
+                outcome = {d: checks.signals_reference_bars(frames[d], bars_by_day[d])[0] if frames[d].height
+                           else True for d in days}
+            book.add(symbol, outcome, md)
     if book:
         CheckBook.record_all([book], storage, ex, context.run_id)
     out: list = [MaterializeResult(asset_key=SIGNALS, metadata=to_metadata(run_metadata(sorted(all_days))))]

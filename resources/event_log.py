@@ -90,13 +90,17 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                                                                 sort_by_parameter_order=True)
             ids = list(conn.execute(insert, rows).scalars())
             self._store_asset_event_tags(conn, events, ids)
-            # One asset-key row per key, with the values the events would have left one after the other.
+            # One asset-key row per key, with the values the events would have left one after the other: an
+            # event's values are overwritten by the next event of its kind, so the last of each kind, in order,
+            # leaves the same row (and only it serializes its event, as last_materialization).
             has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+            last_of_kind = {(e.dagster_event.asset_key.to_string(), e.dagster_event.event_type): i
+                            for i, e in enumerate(events)}
             final: dict[str, dict[str, Any]] = {}
-            for event, event_id in zip(events, ids):
-                values = self._get_asset_entry_values(event, event_id, has_index_cols)
+            for i in sorted(last_of_kind.values()):
+                values = self._get_asset_entry_values(events[i], ids[i], has_index_cols)
                 if values:
-                    final.setdefault(event.dagster_event.asset_key.to_string(), {}).update(values)
+                    final.setdefault(events[i].dagster_event.asset_key.to_string(), {}).update(values)
             for key, values in final.items():
                 try:
                     with conn.begin_nested():

@@ -92,11 +92,11 @@ def test_range_run_from_raw_to_scores_serves_every_layer(instance, storage, root
     # range it was computed with; no extra observation per day.
     for key in keys:
         clean_md = mats(result, CLEAN_BARS)[key]
-        assert {k: clean_md[k].value for k in ("raw_rows", "bars_1m", "bars_1h", "bars_1d", "rejected_rows",
-                                               "expected_minutes", "completeness_pct", "run_range", "run_days")} == {
-            "raw_rows": 1440, "bars_1m": 1440, "bars_1h": 24, "bars_1d": 1, "rejected_rows": 0,
-            "expected_minutes": 1440, "completeness_pct": 100.0, "run_range": "2024-01-01..2024-01-03",
-            "run_days": 3}
+        assert {k: clean_md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "expected_minutes",
+                                               "completeness_pct", "run_range", "run_days")} == {
+            "raw_rows": 1440, "bars_1m": 1440, "rejected_rows": 0, "expected_minutes": 1440,
+            "completeness_pct": 100.0, "run_range": "2024-01-01..2024-01-03", "run_days": 3}
+        assert clean_md["bars"].value == {"1m": 1440, "5m": 288, "15m": 96, "1h": 24, "4h": 6, "1d": 1}
         raw_md = mats(result, RAW_OHLCV)[key]
         assert (raw_md["candles"].value, raw_md["first_candle"].value) == (1440, key[:10] + "T00:00:00Z")
     ind = {k: mats(result, INDICATORS)[k] for k in keys}
@@ -234,11 +234,13 @@ def test_dirty_raw_rows_end_in_rejects_with_their_reason(instance, storage, lake
     assert five == [(5, True), (5, True)]  # gaps stay gaps: no bar for 00:10..23:59
 
     md = mats(result, CLEAN_BARS)[str(partition_key("BTC/USDT", D1))]
-    assert {k: md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "rejected_duplicate",
-                                     "rejected_high_below_low", "rejected_misaligned_timestamp",
-                                     "rejected_outside_partition_day", "missing_minutes")} == {
-        "raw_rows": 18, "bars_1m": 10, "rejected_rows": 8, "rejected_duplicate": 1, "rejected_high_below_low": 1,
-        "rejected_misaligned_timestamp": 1, "rejected_outside_partition_day": 1, "missing_minutes": 1430}
+    assert {k: md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "missing_minutes")} == {
+        "raw_rows": 18, "bars_1m": 10, "rejected_rows": 8, "missing_minutes": 1430}
+    assert md["rejected"].value == {
+        "non_finite": 1, "misaligned_timestamp": 1, "high_below_low": 1, "open_outside_range": 1,
+        "close_outside_range": 0, "negative_volume": 1, "duplicate": 1, "conflicting_duplicate": 1,
+        "outside_partition_day": 1}
+    assert mats(result, REJECTED_CANDLES)[str(partition_key("BTC/USDT", D1))]["reasons"].value == md["rejected"].value
     evaluations = check_evaluations(result)
     assert evaluations[(CLEAN_BARS, "rows_accounted")].passed
     completeness = evaluations[(CLEAN_BARS, "completeness")]

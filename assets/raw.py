@@ -5,7 +5,6 @@ import datetime as dt
 
 from dagster import (
     AssetExecutionContext,
-    AssetObservation,
     Backoff,
     BackfillPolicy,
     Failure,
@@ -22,7 +21,8 @@ from lakehouse.schema import RAW_OHLCV
 from resources import ExchangeResource, LakehouseResource
 
 from .freshness import freshness_policy
-from .partitions import days_by_symbol, partition_key, symbol_day_partitions
+from .glue import add_partition_metadata, run_metadata, to_metadata
+from .partitions import days_by_symbol, symbol_day_partitions
 
 EXCHANGE_POOL = "exchange"
 REFETCH_TAG = "lakehouse/refetch"  # "true": fetch every requested day again, even closed days already complete
@@ -88,14 +88,14 @@ def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakeho
     finally:
         client.close()
 
-    days = [d for r in reports for d in r.days]
-    if len(days) > 1:
-        # A range run records one materialization per partition with the run's totals; the per-day
-        # figures go on each partition as an observation so the UI still shows them day by day.
-        for d in days:
-            context.log_event(
-                AssetObservation(asset_key=context.asset_key, partition=partition_key(d.symbol, d.day), metadata=d.metadata())
-            )
-    metadata = IngestReport.combine(reports).metadata()
+    # Each partition's materialization carries its own day's figures; what only the fetch as a whole knows
+    # (requests, 429s, retries, duration) is shared, next to the range it was fetched with.
+    for report in reports:
+        add_partition_metadata(context, RAW_OHLCV, report.symbol, {d.day: d.metadata() for d in report.days})
+    combined = IngestReport.combine(reports).metadata()
+    shared = {k: combined[k] for k in ("requests", "rate_limited_429", "banned_418", "retries", "duration_s")
+              if k in combined}
+    days = sorted(d.day for r in reports for d in r.days)
+    metadata = to_metadata(run_metadata(days, **shared))
     metadata["lakehouse_root"] = MetadataValue.path(str(storage.root))
     return MaterializeResult(metadata=metadata)

@@ -268,9 +268,9 @@ class BackfillWatcher:
         mats = self.api.run_materializations(run.run_id)
         done = self.materialized.setdefault(bid, set())
         done.update((m.asset, m.partition) for m in mats if m.partition)
-        # A range run records its totals on every day's materialization, so the run's figure is the largest.
-        self.candles_by_run[run.run_id] = int(max((m.metadata.get(CANDLES, 0) for m in mats if m.asset == RAW_ASSET),
-                                                  default=0))
+        # Each day's materialization carries that day's candles: the run's figure is their sum, one per day.
+        per_day = {m.partition: m.metadata.get(CANDLES, 0) for m in mats if m.asset == RAW_ASSET}
+        self.candles_by_run[run.run_id] = int(sum(per_day.values()))
         if run.finished:
             self._seen_finished.add(run.run_id)
 

@@ -77,17 +77,42 @@ def _trim(text: str) -> str:
 
 
 def _fmt_many(values) -> list[str]:
-    """fmt_number over many values: one format spec per distinct precision, so it stays fast."""
+    """fmt_number over many values, built column-wise (a year of firings has ~350,000 numbers to print)."""
+    return _fmt_series(values).to_list()
+
+
+def _fmt_series(values) -> pl.Series:
+    """fmt_number of every value as a string Series: digits and separators assembled by polars, Python's
+    formatting only for the few values it cannot place exactly (non-finite, tiny, huge, or a rounding tie)."""
     arr = np.asarray(values, dtype=np.float64)
-    out = np.empty(arr.size, dtype=object)
     decimals = _decimals(arr)
-    for d in np.unique(decimals):
-        idx = np.flatnonzero(decimals == d)
-        out[idx] = [_trim(x) for x in map(f"{{:,.{d}f}}".format, arr[idx].tolist())]
-    tiny = (arr != 0) & (np.abs(arr) < 1e-6)
-    out[tiny] = list(map("{:.6g}".format, arr[tiny].tolist()))
-    out[arr == 0] = "0"
-    return out.tolist()
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = np.abs(arr) * np.power(10.0, decimals)
+        rounded = np.rint(scaled)
+        # Python rounds the exact binary value; within 1e-6 of a tie, the scaled float may round otherwise.
+        exact = (np.isfinite(scaled) & (rounded < 2.0**53) & (np.abs(scaled - np.floor(scaled) - 0.5) > 1e-6)
+                 & ~((arr != 0) & (np.abs(arr) < 1e-6)))
+    n = np.where(exact, rounded, 0).astype(np.int64)
+    scale = np.power(10, decimals).astype(np.int64)
+    whole = pl.Series(n // scale).cast(pl.String).str.reverse().str.extract_all(r"\d{1,3}").list.join(",").str.reverse()
+    frac = pl.Series(n % scale).cast(pl.String).str.zfill(pl.Series(decimals)).str.strip_chars_end("0")
+    frac = pl.when(frac.str.len_chars() == 0).then(pl.lit("0")).otherwise(frac)
+    sign = pl.when(pl.Series(arr < 0)).then(pl.lit("-")).otherwise(pl.lit(""))
+    out = pl.select(pl.concat_str([sign, whole, pl.lit("."), frac]).alias("s")).to_series()
+    out = pl.select(pl.when(pl.Series(arr == 0)).then(pl.lit("0")).otherwise(out)).to_series()
+    odd = np.flatnonzero(~exact & (arr != 0))
+    if odd.size:
+        out = out.scatter(odd, [_fmt_one(v) for v in arr[odd].tolist()])
+    return out.alias("")
+
+
+def _fmt_one(value: float) -> str:
+    """fmt_number by Python's own formatting: the reference the column-wise path reproduces."""
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-6 and value == value:
+        return f"{value:.6g}"
+    return _trim(f"{{:,.{int(_decimals(np.array([value]))[0])}f}}".format(value))
 
 
 def _template(template: str, fields: dict[str, pl.Expr]) -> pl.Expr:
@@ -137,16 +162,16 @@ def _leg(rule: Rule, direction: int) -> tuple[pl.Expr, pl.Expr] | None:
 def _firings(df: pl.DataFrame, rule: Rule, direction: int, fired_col: str) -> pl.DataFrame:
     ref = rule.up if direction > 0 else rule.down
     level, _ = _leg(rule, direction)
-    hits = df.filter(pl.col(fired_col)).select(
+    # Lazily, so the filter copies only the columns a firing keeps, not every indicator.
+    hits = df.lazy().filter(pl.col(fired_col)).select(
         "timestamp", *_SERIES, "close", pl.col(rule.line).alias("_line"), level.alias("_ref"),
-    )
+    ).collect()
     fields = {
         "line_label": pl.lit(LABELS.get(rule.line, rule.line)),
-        "line": pl.Series(_fmt_many(hits.get_column("_line")), dtype=pl.String),
+        "line": _fmt_series(hits.get_column("_line")),
         "dir": pl.lit("above" if direction > 0 else "below"),
         "ref_label": pl.lit(LABELS.get(ref, ref) if isinstance(ref, str) else ""),
-        "ref": (pl.Series(_fmt_many(hits.get_column("_ref")), dtype=pl.String)
-                if isinstance(ref, str) else pl.lit(f"{ref:g}")),
+        "ref": _fmt_series(hits.get_column("_ref")) if isinstance(ref, str) else pl.lit(f"{ref:g}"),
     }
     return hits.select(
         "timestamp", *_SERIES, "close",

@@ -31,7 +31,10 @@ def storage(root):
 def instance(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    with instance_for_test(temp_dir=str(home)) as inst:
+    # The project's event log, as dagster.yaml configures it (batches of asset events in one transaction).
+    overrides = {"event_log_storage": {"module": "resources.event_log", "class": "BatchingSqliteEventLogStorage",
+                                       "config": {"base_dir": str(home / "history" / "runs")}}}
+    with instance_for_test(temp_dir=str(home), overrides=overrides) as inst:
         yield inst
 
 

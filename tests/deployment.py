@@ -61,6 +61,8 @@ class Deployment:
         }
         # Nothing retries a failed run behind the test's back: the failure must reach the CLI.
         config["run_retries"] = {"enabled": False}
+        if "event_log_storage" in config:  # its default folder follows DAGSTER_HOME; the test reads it from here too
+            config["event_log_storage"]["config"] = {"base_dir": str(self.home / "history" / "runs")}
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(config))
         (self.base / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
             "module_name": "definitions", "working_directory": str(PROJECT_ROOT)}}]}))

@@ -10,8 +10,8 @@ from dagster import AssetKey, DagsterEventType, materialize
 
 import lakehouse
 import lakehouse.resample
-from assets import derived
-from assets.derived import DERIVED_ASSETS, clean, indicators, scores, signals
+from assets import clean_layer
+from assets.derived import DERIVED_ASSETS, derived, scores
 from assets.partitions import partition_key
 from assets.raw import raw_ohlcv
 from lakehouse import progress
@@ -27,6 +27,7 @@ from helpers import NOW_MS, add_symbols
 D1 = dt.date(2024, 1, 1)
 EX = "simulated"
 LAYERS = (RAW_OHLCV, CLEAN_BARS, REJECTED_CANDLES, INDICATORS, SIGNALS)
+CLEAN = [CLEAN_BARS, REJECTED_CANDLES]
 
 
 def resources(lakehouse_resource):
@@ -87,20 +88,31 @@ def test_range_run_from_raw_to_scores_serves_every_layer(instance, storage, root
         assert sorted((e.symbol, e.day) for e in events if e.kind == "partition_done" and e.layer == layer) == [
             ("BTC/USDT", f"2024-01-0{i}") for i in (1, 2, 3)] + [("ETH/USDT", "2024-01-01")], layer
 
-    clean_md = mats(result, CLEAN_BARS)[keys[0]]
-    assert {k: clean_md[k].value for k in ("raw_rows", "bars_1m", "bars_1h", "bars_1d", "rejected_rows",
-                                           "expected_minutes", "completeness_pct", "days")} == {
-        "raw_rows": 4320, "bars_1m": 4320, "bars_1h": 72, "bars_1d": 3, "rejected_rows": 0,
-        "expected_minutes": 4320, "completeness_pct": 100.0, "days": 3}
-    ind_md = mats(result, INDICATORS)[keys[0]]
-    warmup = ind_md["warmup"].value
-    assert warmup["1d"] == {"history_days_read": 601, "warmup_bars_needed": 600, "warmup_bars_available": 0,
-                            "rows": 3, "rows_without_full_warmup": 3, "null_values": 39}
-    assert warmup["1m"]["rows_without_full_warmup"] == 600 and "short history" in ind_md["warmup_note"].value
-    assert mats(result, SIGNALS)[keys[0]]["rows"].value > 0
-    # Range runs also record each day's own figures as an observation of that partition.
-    obs = instance.fetch_observations(AssetKey(CLEAN_BARS), limit=10).records
-    assert sorted(o.partition_key for o in obs) == keys
+    # Each partition of the range run carries its own day's figures (not the run's totals), and says which
+    # range it was computed with; no extra observation per day.
+    for key in keys:
+        clean_md = mats(result, CLEAN_BARS)[key]
+        assert {k: clean_md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "expected_minutes",
+                                               "completeness_pct", "run_range", "run_days")} == {
+            "raw_rows": 1440, "bars_1m": 1440, "rejected_rows": 0, "expected_minutes": 1440,
+            "completeness_pct": 100.0, "run_range": "2024-01-01..2024-01-03", "run_days": 3}
+        assert clean_md["bars"].value == {"1m": 1440, "5m": 288, "15m": 96, "1h": 24, "4h": 6, "1d": 1}
+        raw_md = mats(result, RAW_OHLCV)[key]
+        assert (raw_md["candles"].value, raw_md["first_candle"].value) == (1440, key[:10] + "T00:00:00Z")
+    ind = {k: mats(result, INDICATORS)[k] for k in keys}
+    # The first day has no 1d bar before it; the third has the first two: each day's warm-up is its own.
+    assert ind[keys[0]]["warmup"].value["1d"] == {
+        "history_days_read": 601, "warmup_bars_needed": 600, "warmup_bars_available": 0,
+        "rows": 1, "rows_without_full_warmup": 1, "null_values": 13}
+    assert ind[keys[2]]["warmup"].value["1d"]["warmup_bars_available"] == 2
+    assert ind[keys[0]]["warmup"].value["1m"]["rows_without_full_warmup"] == 600
+    assert "short history" in ind[keys[0]]["warmup_note"].value
+    assert ind[keys[2]]["warmup"].value["1m"]["rows_without_full_warmup"] == 0
+    assert [ind[k]["rows"].value for k in keys] == [1440 + 288 + 96 + 24 + 6 + 1] * 3
+    signal_rows = {k: mats(result, SIGNALS)[k]["rows"].value for k in keys}
+    assert signal_rows == {k: storage.read_partition(SIGNALS, EX, "BTC/USDT", dt.date.fromisoformat(k[:10])).height
+                           for k in keys} and all(signal_rows.values())
+    assert instance.fetch_observations(AssetKey(CLEAN_BARS), limit=10).records == []
 
     evaluations = check_evaluations(result)
     assert set(evaluations) == {(CLEAN_BARS, "ohlc_sanity"), (CLEAN_BARS, "unique_bars"),
@@ -152,16 +164,15 @@ def test_day_by_day_runs_equal_one_range_run(instance, storage, lakehouse_resour
     add_symbols(instance, "BTC/USDT")
     first, last = D1, D1 + dt.timedelta(days=3)
     assert run([raw_ohlcv], lakehouse_resource, instance, tags=range_tags("BTC/USDT", first, last)).success
-    derived_assets = [raw_ohlcv, clean, indicators, signals]
+    derived_assets = [raw_ohlcv, derived]
     selection = [CLEAN_BARS, REJECTED_CANDLES, INDICATORS, SIGNALS]
 
     ranged = run(derived_assets, lakehouse_resource, instance, tags=range_tags("BTC/USDT", first, last),
                  selection=selection)
     assert ranged.success, failure_messages(ranged)
-    # The whole range in one step per layer: one read, one warm-up, one pass.
-    assert [e.step_key for e in ranged.all_events if e.event_type == DagsterEventType.STEP_START] == [
-        "clean", "indicators", "signals"]
-    assert len(ranged.asset_materializations_for_node(INDICATORS)) == 4
+    # The whole range in one step for the three layers: one read, one warm-up, one pass each.
+    assert [e.step_key for e in ranged.all_events if e.event_type == DagsterEventType.STEP_START] == ["derived"]
+    assert len(mats(ranged, INDICATORS)) == 4
     one_pass = _snapshot(storage, first, last)
 
     for i in range(4):  # the same days again, one single-partition run each, oldest first
@@ -204,7 +215,7 @@ def test_dirty_raw_rows_end_in_rejects_with_their_reason(instance, storage, lake
         _raw_row(5, day=D1 + dt.timedelta(days=1)),    # a candle of another day stored in this day's file
     ]
     storage.write_partition(RAW_OHLCV, EX, "BTC/USDT", D1, pl.DataFrame(rows))
-    result = run([clean], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1))
+    result = run([derived], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1), selection=CLEAN)
     assert result.success, failure_messages(result)  # completeness only warns
 
     rejects = storage.read_partition(REJECTED_CANDLES, EX, "BTC/USDT", D1)
@@ -223,11 +234,13 @@ def test_dirty_raw_rows_end_in_rejects_with_their_reason(instance, storage, lake
     assert five == [(5, True), (5, True)]  # gaps stay gaps: no bar for 00:10..23:59
 
     md = mats(result, CLEAN_BARS)[str(partition_key("BTC/USDT", D1))]
-    assert {k: md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "rejected_duplicate",
-                                     "rejected_high_below_low", "rejected_misaligned_timestamp",
-                                     "rejected_outside_partition_day", "missing_minutes")} == {
-        "raw_rows": 18, "bars_1m": 10, "rejected_rows": 8, "rejected_duplicate": 1, "rejected_high_below_low": 1,
-        "rejected_misaligned_timestamp": 1, "rejected_outside_partition_day": 1, "missing_minutes": 1430}
+    assert {k: md[k].value for k in ("raw_rows", "bars_1m", "rejected_rows", "missing_minutes")} == {
+        "raw_rows": 18, "bars_1m": 10, "rejected_rows": 8, "missing_minutes": 1430}
+    assert md["rejected"].value == {
+        "non_finite": 1, "misaligned_timestamp": 1, "high_below_low": 1, "open_outside_range": 1,
+        "close_outside_range": 0, "negative_volume": 1, "duplicate": 1, "conflicting_duplicate": 1,
+        "outside_partition_day": 1}
+    assert mats(result, REJECTED_CANDLES)[str(partition_key("BTC/USDT", D1))]["reasons"].value == md["rejected"].value
     evaluations = check_evaluations(result)
     assert evaluations[(CLEAN_BARS, "rows_accounted")].passed
     completeness = evaluations[(CLEAN_BARS, "completeness")]
@@ -249,7 +262,7 @@ def test_blocking_check_stops_the_run_and_gates_later_runs(instance, storage, la
     add_symbols(instance, "BTC/USDT")
     key = partition_key("BTC/USDT", D1)
     assert run([raw_ohlcv], lakehouse_resource, instance, tags=range_tags("BTC/USDT", D1, D1 + dt.timedelta(days=1))).success
-    monkeypatch.setattr(derived, "resample", _corrupt_resample(derived.resample))
+    monkeypatch.setattr(clean_layer, "resample", _corrupt_resample(clean_layer.resample))
 
     # Same run: clean_bars is written (and says why it failed) but nothing downstream runs.
     result = run([raw_ohlcv, *DERIVED_ASSETS], lakehouse_resource, instance, key=key,
@@ -259,7 +272,7 @@ def test_blocking_check_stops_the_run_and_gates_later_runs(instance, storage, la
     sanity = check_evaluations(result)[(CLEAN_BARS, "ohlc_sanity")]
     assert not sanity.passed and sanity.metadata["high_below_low"].value == 1
     assert sanity.metadata["failed_partitions"].value == ["BTC/USDT 2024-01-01"]
-    assert not result.asset_materializations_for_node(INDICATORS)
+    assert not mats(result, INDICATORS)
     assert list(storage.list_partitions(INDICATORS)) == [] and not storage.table_path(SCORES).exists()
     assert Gates(storage).failed_blocking(CLEAN_BARS, EX, "BTC/USDT", D1) == ["ohlc_sanity"]
 
@@ -267,8 +280,8 @@ def test_blocking_check_stops_the_run_and_gates_later_runs(instance, storage, la
     monkeypatch.undo()
     for day in (D1, D1 + dt.timedelta(days=1)):
         if day != D1:
-            assert run([clean], lakehouse_resource, instance, key=partition_key("BTC/USDT", day)).success
-        later = run([indicators], lakehouse_resource, instance, key=partition_key("BTC/USDT", day))
+            assert run([derived], lakehouse_resource, instance, key=partition_key("BTC/USDT", day), selection=CLEAN).success
+        later = run([derived], lakehouse_resource, instance, key=partition_key("BTC/USDT", day), selection=[INDICATORS])
         assert not later.success
         [message] = failure_messages(later)
         assert "refusing to build on clean_bars partitions whose latest blocking check failed" in message
@@ -277,14 +290,14 @@ def test_blocking_check_stops_the_run_and_gates_later_runs(instance, storage, la
         assert list(storage.list_partitions(INDICATORS)) == []
 
     # Rematerializing clean_bars with the bug fixed reopens the gate.
-    assert run([clean], lakehouse_resource, instance, key=key).success
+    assert run([derived], lakehouse_resource, instance, key=key, selection=CLEAN).success
     assert Gates(storage).failed_blocking(CLEAN_BARS, EX, "BTC/USDT", D1) == []
-    assert run([indicators], lakehouse_resource, instance, key=key).success
+    assert run([derived], lakehouse_resource, instance, key=key, selection=[INDICATORS]).success
 
 
 def test_missing_upstream_partition_is_refused_clearly(instance, storage, lakehouse_resource):
     add_symbols(instance, "BTC/USDT")
-    result = run([indicators], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1))
+    result = run([derived], lakehouse_resource, instance, key=partition_key("BTC/USDT", D1), selection=[INDICATORS])
     assert not result.success
     [message] = failure_messages(result)
     assert "clean_bars has no partition for 1 day(s) (2024-01-01); materialize clean_bars for them first" in message

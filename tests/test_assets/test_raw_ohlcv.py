@@ -38,11 +38,16 @@ def test_range_run_is_one_run_with_a_materialization_per_day(instance, storage, 
               "dagster/asset_partition_range_end": "2024-01-04|ETH/USDT"},
     )
     assert result.success
-    mats = result.asset_materializations_for_node(RAW_OHLCV)
-    assert sorted(m.partition for m in mats) == [f"2024-01-0{i}|ETH/USDT" for i in range(1, 5)]
-    assert mats[0].metadata["requests"].value == 6  # 5760 candles in one pass: ceil(5760 / 1000)
-    observations = instance.fetch_observations(AssetKey(RAW_OHLCV), limit=10).records
-    assert sorted(o.partition_key for o in observations) == [f"2024-01-0{i}|ETH/USDT" for i in range(1, 5)]
+    mats = {m.partition: m.metadata for m in result.asset_materializations_for_node(RAW_OHLCV)}
+    assert sorted(mats) == [f"2024-01-0{i}|ETH/USDT" for i in range(1, 5)]
+    for key, md in mats.items():
+        # Each day's own figures; the fetch's figures (one pass over the range) are shared and say so.
+        assert {k: md[k].value for k in ("candles", "expected", "first_candle", "last_candle")} == {
+            "candles": 1440, "expected": 1440, "first_candle": f"{key[:10]}T00:00:00Z",
+            "last_candle": f"{key[:10]}T23:59:00Z"}
+        assert md["requests"].value == 6  # 5760 candles in one pass: ceil(5760 / 1000)
+        assert (md["run_range"].value, md["run_days"].value) == ("2024-01-01..2024-01-04", 4)
+    assert instance.fetch_observations(AssetKey(RAW_OHLCV), limit=10).records == []  # no event per day besides
     assert [s.ref.day for s in storage.list_partitions(RAW_OHLCV)] == [D1 + dt.timedelta(days=i) for i in range(4)]
 
 

@@ -138,3 +138,15 @@ def test_order_of_input_rows_does_not_matter(simulated_indicators):
 
 def test_empty():
     assert compute_signals(pl.DataFrame(schema=LAYERS[INDICATORS])).schema == pl.Schema(LAYERS[SIGNALS])
+
+
+def test_column_wise_formatting_equals_pythons_on_any_number():
+    """Reasons are built column-wise for speed; every number must read exactly as Python formats it."""
+    from lakehouse.signals import _fmt_many, _fmt_one
+
+    rng = np.random.default_rng(7)
+    values = np.concatenate([
+        rng.normal(0, 1, 20_000) * 10.0 ** rng.integers(-9, 13, 20_000),
+        [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-7, 0.5, 2.5, 1e20, -1e25, 999_999.95, 1e-6, 9.99999e-7, 12_345.675],
+    ])
+    assert _fmt_many(values) == [_fmt_one(v) for v in values.tolist()]

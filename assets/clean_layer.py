@@ -1,0 +1,204 @@
+"""clean_bars + rejected_candles of a run's days: every raw row ends in exactly one of them, with its checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+from dagster import AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue
+
+from lakehouse import checks
+from lakehouse.clean import REASONS, clean_candles
+from lakehouse.errors import LakehouseError
+from lakehouse.registry import Registry
+from lakehouse.resample import ALL_INTERVALS, DEFAULT_INTERVALS, resample
+from lakehouse.schema import CLEAN_BARS, RAW_OHLCV, REJECTED_CANDLES, conform, empty
+from lakehouse.storage import Storage
+from lakehouse.timeutil import DAY_MS, MINUTE_MS, day_start_ms, system_clock_ms
+
+from .glue import (
+    COMPLETENESS,
+    OHLC_SANITY,
+    ROWS_ACCOUNTED,
+    UNIQUE_BARS,
+    CheckBook,
+    add_partition_metadata,
+    gate,
+    require,
+    run_metadata,
+    selected_checks,
+    split_days,
+    to_metadata,
+    write_days,
+)
+
+# A raw row whose timestamp lies outside the day of the file it was stored in cannot belong to that partition.
+OUTSIDE_DAY = "outside_partition_day"
+
+CLEAN_CHECKS = [
+    AssetCheckSpec(OHLC_SANITY, asset=CLEAN_BARS, blocking=True,
+                   description="Every bar is finite with low <= open, close <= high and volume >= 0."),
+    AssetCheckSpec(UNIQUE_BARS, asset=CLEAN_BARS, blocking=True,
+                   description="No two bars share (exchange, symbol, interval, timestamp)."),
+    AssetCheckSpec(ROWS_ACCOUNTED, asset=CLEAN_BARS, blocking=True,
+                   description="Every raw row is either a clean 1m bar or a rejected candle: nothing dropped."),
+    AssetCheckSpec(COMPLETENESS, asset=CLEAN_BARS, blocking=False,
+                   description="Expected vs present 1m bars per day, gaps listed; WARN only, since the source "
+                               "itself can have gaps."),
+]
+
+
+def _listing_day(storage: Storage, symbol: str) -> dt.date | None:
+    try:
+        entry = Registry(storage.root).get(symbol)
+    except LakehouseError:
+        return None
+    return entry.listing if entry else None
+
+
+def _expected_window(day: dt.date, raw_day: pl.DataFrame, listing: dt.date | None) -> tuple[int, int]:
+    """[start, end) in ms of the minutes a day's raw file could hold: up to when it was fetched (the current day
+    is partial), from the listing on."""
+    start = day_start_ms(day)
+    fetched = raw_day.get_column("fetched_at").max() if raw_day.height else None
+    now = int(fetched.timestamp() * 1000) if fetched is not None else system_clock_ms()
+    end = min(start + DAY_MS, (now // MINUTE_MS) * MINUTE_MS)
+    if listing is not None and day < listing:
+        end = start
+    elif listing is not None and day == listing and raw_day.height:
+        first = raw_day.get_column("timestamp").min()
+        if first is not None:
+            start = max(start, -(-int(first.timestamp() * 1000) // MINUTE_MS) * MINUTE_MS)
+    return start, max(start, end)
+
+
+def _read_raw_days(storage: Storage, exchange: str, symbol: str, days: list[dt.date]) -> pl.DataFrame:
+    """The raw rows of the days, each tagged with the day of the file it came from (`_day`)."""
+    frames = []
+    for day in days:
+        df = storage.read_partition(RAW_OHLCV, exchange, symbol, day)
+        if df is not None and df.height:
+            frames.append(df.with_columns(pl.lit(day).alias("_day")))
+    if not frames:
+        return empty(RAW_OHLCV).with_columns(pl.lit(None, dtype=pl.Date).alias("_day"))
+    return pl.concat(frames, how="vertical")
+
+
+def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dict]:
+    """(bars by day, rejects by day, stats) for raw rows tagged with their file's day.
+
+    A row with no timestamp, or one outside its file's day, is rejected here (it has no other day to go to);
+    everything else goes through lakehouse.clean and lands in the day of its timestamp.
+    """
+    ts_day = pl.col("timestamp").dt.date()
+    stray = pl.col("timestamp").is_null() | (ts_day != pl.col("_day"))
+    pre = raw.filter(stray).with_columns(
+        pl.when(pl.col("timestamp").is_null()).then(pl.lit("non_finite")).otherwise(pl.lit(OUTSIDE_DAY)).alias("reason")
+    )
+    result = clean_candles(raw.filter(~stray).drop("_day"))
+    bars = resample(result.bars, DEFAULT_INTERVALS)
+    pre_rejects = conform(pre, REJECTED_CANDLES).with_columns(pre.get_column("_day"))
+    rejects = pl.concat([pre_rejects, result.rejects.with_columns(ts_day.alias("_day"))], how="vertical")
+    return split_days(bars, days), split_days(rejects, days), result.stats
+
+
+def _clean_day_metadata(bars: pl.DataFrame, rejects: pl.DataFrame, raw_rows: int, completeness: dict) -> dict:
+    """A day's figures: the headline numbers each as a number (the UI plots them across partitions), the
+    breakdowns (bars per interval, rejects per reason) each as one JSON entry, which keeps every partition's
+    event small: its metadata is serialized several times per event."""
+    counts = dict(bars.group_by("interval").len().iter_rows()) if bars.height else {}
+    reasons = dict(rejects.group_by("reason").len().iter_rows()) if rejects.height else {}
+    md = {
+        "rows": bars.height,
+        "raw_rows": raw_rows,
+        "bars_1m": int(counts.get("1m", 0)),
+        "incomplete_bars": int(bars.filter(~pl.col("complete")).height),
+        "rejected_rows": rejects.height,
+        "bars": {iv: int(counts.get(iv, 0)) for iv in ALL_INTERVALS},
+        "rejected": {r: int(reasons.get(r, 0)) for r in (*REASONS, OUTSIDE_DAY)},
+    }
+    md.update({k: completeness[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count")})
+    md["completeness_pct"] = (round(100.0 * min(md["present_minutes"], md["expected_minutes"]) / md["expected_minutes"], 3)
+                              if md["expected_minutes"] else 100.0)
+    return md
+
+
+def sum_metadata(per_day: dict[dt.date, dict]) -> dict:
+    total: dict = {}
+    for md in per_day.values():
+        for k, v in md.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                total[k] = total.get(k, 0) + v
+    if "expected_minutes" in total:
+        total["completeness_pct"] = (round(100.0 * (total["expected_minutes"] - total["missing_minutes"])
+                                           / total["expected_minutes"], 3) if total["expected_minutes"] else 100.0)
+    if per_day:
+        total.update(days=len(per_day), first_day=str(min(per_day)), last_day=str(max(per_day)))
+    return total
+
+
+def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan: dict[str, list[dt.date]],
+                selected: set[str]) -> list:
+    """Clean every symbol's days of the run, write the selected layers, and return their results and checks.
+
+    Each partition's materialization carries its own day's figures; the check results cover the whole run
+    (Dagster records a range run's check results without a partition) and name the failing days."""
+    books = {name: CheckBook(CLEAN_BARS, name, AssetCheckSeverity.WARN if name == COMPLETENESS
+                             else AssetCheckSeverity.ERROR) for name in selected_checks(context, CLEAN_BARS)}
+    all_days: list[dt.date] = []
+    for symbol, days in plan.items():
+        require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
+        gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
+        raw = _read_raw_days(storage, ex, symbol, days)
+        bars, rejects, _stats = clean_range(raw, days)
+        raw_by_day = split_days(raw, days)
+        listing = _listing_day(storage, symbol)
+        if CLEAN_BARS in selected:
+            write_days(storage, CLEAN_BARS, ex, symbol, bars)
+        if REJECTED_CANDLES in selected:
+            write_days(storage, REJECTED_CANDLES, ex, symbol, rejects)
+
+        per_day = {}
+        complete_outcome, gaps = {}, []
+        for day in days:
+            start, end = _expected_window(day, raw_by_day[day], listing)
+            ok, cmd = checks.completeness(bars[day], (end - start) // MINUTE_MS, start, end)
+            complete_outcome[day] = ok
+            gaps += [[str(day), *g] for g in cmd["gaps"]]
+            per_day[day] = _clean_day_metadata(bars[day], rejects[day], raw_by_day[day].height, cmd)
+        if CLEAN_BARS in selected:
+            add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
+        if REJECTED_CANDLES in selected:
+            add_partition_metadata(context, REJECTED_CANDLES, symbol, {
+                d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"], "reasons": per_day[d]["rejected"]}
+                for d in days})
+        all_days += days
+        if OHLC_SANITY in books:
+            books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity)
+        if UNIQUE_BARS in books:
+            books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness)
+        if ROWS_ACCOUNTED in books:
+            accounted = {d: per_day[d]["raw_rows"] == per_day[d]["bars_1m"] + per_day[d]["rejected_rows"] for d in days}
+            books[ROWS_ACCOUNTED].add(symbol, accounted, {
+                "raw_rows": raw.height, "clean_1m_rows": sum(per_day[d]["bars_1m"] for d in days),
+                "rejected_rows": sum(per_day[d]["rejected_rows"] for d in days),
+                "unaccounted_days": [str(d) for d, ok in accounted.items() if not ok][:50]})
+        if COMPLETENESS in books:
+            total = sum_metadata(per_day)
+            books[COMPLETENESS].add(symbol, complete_outcome, {
+                k: total[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count",
+                                      "completeness_pct")} | {
+                "incomplete_days": [str(d) for d, ok in complete_outcome.items() if not ok][:100],
+                "gaps": gaps[: checks.MAX_GAPS]})
+        context.log.info(
+            f"{symbol} {days[0]}..{days[-1]}: {raw.height} raw -> {sum(per_day[d]['bars_1m'] for d in days)} "
+            f"clean 1m bars, {sum(per_day[d]['rejected_rows'] for d in days)} rejected")
+
+    CheckBook.record_all(books.values(), storage, ex, context.run_id)
+    shared = to_metadata(run_metadata(sorted(all_days)))
+    shared["lakehouse_root"] = MetadataValue.path(str(storage.root))
+    out: list = [MaterializeResult(asset_key=layer, metadata=shared)
+                 for layer in (CLEAN_BARS, REJECTED_CANDLES) if layer in selected]
+    out += [books[name].result(context) for name in (OHLC_SANITY, UNIQUE_BARS, ROWS_ACCOUNTED, COMPLETENESS)
+            if name in books]
+    return out

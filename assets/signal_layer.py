@@ -1,0 +1,76 @@
+"""signals of a run's days: the rules over the indicators (with the day before, for crossings at midnight)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+from dagster import AssetCheckSpec, AssetExecutionContext, MaterializeResult
+
+from lakehouse import checks
+from lakehouse.schema import CLEAN_BARS, INDICATORS, LAYERS, SIGNALS
+from lakehouse.signals import RULES, compute_signals
+from lakehouse.storage import Storage
+
+from .glue import (
+    ONE_DAY,
+    SIGNALS_REFERENCE_BARS,
+    CheckBook,
+    add_partition_metadata,
+    gate,
+    require,
+    run_metadata,
+    selected_checks,
+    split_days,
+    to_metadata,
+    write_days,
+)
+
+SIGNAL_CHECKS = [
+    AssetCheckSpec(SIGNALS_REFERENCE_BARS, asset=SIGNALS, blocking=True,
+                   description="Every signal points at an existing clean bar and carries its close."),
+]
+
+
+def _signal_day_metadata(df: pl.DataFrame) -> dict:
+    rules = dict(df.group_by("rule").len().iter_rows()) if df.height else {}
+    return {
+        "rows": df.height,
+        "buy": int((df.get_column("direction") > 0).sum()) if df.height else 0,
+        "sell": int((df.get_column("direction") < 0).sum()) if df.height else 0,
+        "rules": {r.name: int(rules.get(r.name, 0)) for r in RULES},
+    }
+
+
+def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, plan: dict[str, list[dt.date]]) -> list:
+    """Fire the rules over every symbol's days of the run, write them, return the results and the check."""
+    book = CheckBook(SIGNALS, SIGNALS_REFERENCE_BARS) if selected_checks(context, SIGNALS) else None
+    all_days: list[dt.date] = []
+    for symbol, days in plan.items():
+        first, last = days[0], days[-1]
+        require(storage, INDICATORS, ex, symbol, days, SIGNALS)
+        gate(storage, INDICATORS, ex, symbol, first - ONE_DAY, last, SIGNALS)
+        gate(storage, CLEAN_BARS, ex, symbol, first, last, SIGNALS)
+        # The day before gives each series its previous bar, so a crossing at midnight is seen.
+        ind = storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, last, columns=list(LAYERS[INDICATORS]))
+        sig = compute_signals(ind, first, last + ONE_DAY)
+        frames = split_days(sig, days)
+        write_days(storage, SIGNALS, ex, symbol, frames)
+        add_partition_metadata(context, SIGNALS, symbol, {d: _signal_day_metadata(f) for d, f in frames.items()})
+        all_days += days
+        if book:
+            bars = storage.read_range(CLEAN_BARS, ex, symbol, first, last,
+                                      columns=["exchange", "symbol", "interval", "timestamp", "close"])
+            passed, md = checks.signals_reference_bars(sig, bars)
+            outcome = dict.fromkeys(days, True)
+            if not passed:  # only then day by day, to tell which days fail
+                bars_by_day = split_days(bars, days)
+                outcome = {d: checks.signals_reference_bars(frames[d], bars_by_day[d])[0] if frames[d].height
+                           else True for d in days}
+            book.add(symbol, outcome, md)
+    if book:
+        CheckBook.record_all([book], storage, ex, context.run_id)
+    out: list = [MaterializeResult(asset_key=SIGNALS, metadata=to_metadata(run_metadata(sorted(all_days))))]
+    if book:
+        out.append(book.result(context))
+    return out

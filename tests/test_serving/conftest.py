@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from dagster import instance_for_test
 
 from serving_lakehouse import build_lakehouse
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """(root, dagster home) of a lakehouse of SYMBOLS over FIRST_DAY..LAST_DAY, kept for the module."""
+    """(root, dagster home) of a lakehouse of SYMBOLS over FIRST_DAY..LAST_DAY, built once per test session."""
     base = tmp_path_factory.mktemp("served")
     root = base / "lake"
     root.mkdir()
@@ -21,3 +23,12 @@ def built(tmp_path_factory):
         yield root, inst
 
 
+
+
+@pytest.fixture
+def lake(built, tmp_path):
+    """A private copy of the built lakehouse, for tests that change files."""
+    root, inst = built
+    copy = tmp_path / "lake-copy"
+    shutil.copytree(root, copy)
+    return copy, inst

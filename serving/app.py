@@ -253,7 +253,7 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
         return JSONResponse(out, headers={"Cache-Control": LIVE_CACHE})
 
     @app.get("/v1/bars/{symbol}", summary="Clean bars of one symbol (1m and resamples), oldest first")
-    def bars(request: Request, symbol: str = _path(), interval: str = Query("1h", description="1m 5m 15m 1h 4h 1d"),
+    def bars(request: Request, symbol: str = _path(), interval: str = _interval("1h"),
              start: str | None = _start(), end: str | None = _end(), limit: int | None = _limit(),
              format: str | None = _format()):
         iv = interval_of(interval, allow_all=False)
@@ -262,7 +262,7 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
                               ROWS_PER_DAY[iv], start, end, limit, format, iv)
 
     @app.get("/v1/indicators/{symbol}", summary="Indicators (SMA, EMA, RSI, MACD, Bollinger, ATR) of one symbol")
-    def indicators(request: Request, symbol: str = _path(), interval: str = Query("1h", description="1m 5m 15m 1h 4h 1d"),
+    def indicators(request: Request, symbol: str = _path(), interval: str = _interval("1h"),
                    start: str | None = _start(), end: str | None = _end(), limit: int | None = _limit(),
                    format: str | None = _format()):
         iv = interval_of(interval, allow_all=False)
@@ -274,7 +274,7 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
 
     @app.get("/v1/signals/{symbol}", summary="Signal firings of one symbol, with their reason")
     def signals(request: Request, symbol: str = _path(),
-                interval: str | None = Query(None, description="1m 5m 15m 1h 4h 1d, or all (default)"),
+                interval: str | None = _interval(None, allow_all=True),
                 rule: str | None = Query(None, description="One rule: " + ", ".join(rule_names)),
                 start: str | None = _start(), end: str | None = _end(), limit: int | None = _limit(),
                 format: str | None = _format()):
@@ -325,16 +325,26 @@ _STATIC_FILES = {"index.html", "page.js", "page.css"}
 
 
 def _path():
-    return PathParam(..., description=SYMBOL_DOC, examples=["BTC-USDT"], max_length=64)
+    return PathParam(..., description=SYMBOL_DOC, examples=["BTC-USDT"], max_length=64,
+                     json_schema_extra={"pattern": "^[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}$"})
+
+
+# The schema documents the allowed values (enum, date format, symbol pattern) without FastAPI enforcing them, so a
+# wrong value gets this API's own message naming the choices, and schema-driven clients generate valid requests.
+def _interval(default, allow_all=False):
+    choices = [*INTERVAL_MINUTES, *(["all"] if allow_all else [])]
+    return Query(default, description=" ".join(choices) + (" (default: all)" if allow_all else ""),
+                 json_schema_extra={"enum": choices}, max_length=16)
 
 
 def _start():
-    return Query(None, description="First UTC day, YYYY-MM-DD (default: end)", examples=["2024-01-01"], max_length=32)
+    return Query(None, description="First UTC day, YYYY-MM-DD (default: end)", examples=["2024-03-08"], max_length=32,
+                 json_schema_extra={"format": "date"})
 
 
 def _end():
-    return Query(None, description="Last UTC day, YYYY-MM-DD, included (default: today)", examples=["2024-01-31"],
-                 max_length=32)
+    return Query(None, description="Last UTC day, YYYY-MM-DD, included (default: today)", examples=["2024-03-10"],
+                 max_length=32, json_schema_extra={"format": "date"})
 
 
 def _limit():
@@ -343,7 +353,8 @@ def _limit():
 
 
 def _format():
-    return Query(None, description=FORMAT_DOC, examples=["json"], max_length=16)
+    return Query(None, description=FORMAT_DOC, examples=["json"], max_length=16,
+                 json_schema_extra={"enum": list(formats.MEDIA_TYPES)})
 
 
 def _guard(chunks: Iterator[bytes]) -> Iterator[bytes]:

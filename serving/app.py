@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,6 +15,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import lakehouse.api as lh
@@ -56,9 +59,11 @@ def _short(value: object, n: int = 40) -> str:
 
 
 def create_app(root: str | None = None, *, settings: Settings | None = None, api_settings: ApiSettings | None = None,
-               clock: Callable[[], int] | None = None, dagster_instance: Callable[[], object] | None = None) -> FastAPI:
+               clock: Callable[[], int] | None = None, dagster_instance: Callable[[], object] | None = None,
+               warm_status: bool = False) -> FastAPI:
     """The app over the lakehouse at `root` (default: LAKEHOUSE_ROOT). `clock` (ms) pins "now" for the audit;
-    `dagster_instance` returns the instance whose runs are shown (default: DAGSTER_HOME's, opened lazily)."""
+    `dagster_instance` returns the instance whose runs are shown (default: DAGSTER_HOME's, opened lazily);
+    `warm_status` starts the first audit at start-up, so the page's first visitor does not wait for a cold one."""
     settings = settings or Settings.from_env()
     api_settings = api_settings or ApiSettings.from_env()
     root = str(Path(root or settings.root).resolve())
@@ -67,7 +72,14 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
     status_service = StatusService(root, settings, RunsSource(dagster_instance), clock)
     today = (lambda: utc_today(clock)) if clock else utc_today
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if warm_status:
+            threading.Thread(target=status_service.current, name="warm-audit", daemon=True).start()
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="OHLCV lakehouse API",
         version="1",
         description="Read-only access to clean bars, indicators, signals, scores and coverage of the lakehouse.",
@@ -154,26 +166,38 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
     def respond(request: Request, fmt: str, validators: Validators, cache_control: str, produce: Callable[[], Iterator[bytes]],
                 *, stream: bool, shared: bool) -> Response:
         """304 when the client's copy is current; else the body, from the cache when `shared` and present."""
-        headers = validators.headers(cache_control)
-        headers["Vary"] = "Accept"
-        if validators.not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
-            return Response(status_code=304, headers=headers)
+        early = answer_from_memory(request, fmt, validators, cache_control, shared=shared, local_only=False)
+        if early is not None:
+            return early
+        headers = response_headers(request, fmt, validators, cache_control)
         media = formats.MEDIA_TYPES[fmt]
-        if fmt == formats.CSV or fmt == formats.PARQUET:
-            ext = "csv" if fmt == formats.CSV else "parquet"
-            headers["Content-Disposition"] = f'inline; filename="{request.url.path.rsplit("/", 1)[-1]}.{ext}"'
         if stream:
             return StreamingResponse(_guard(produce()), media_type=media, headers=headers)
-        if shared:
-            body = cache.get(validators.digest)
-            if body is not None:
-                headers["X-Cache"] = "hit"
-                return Response(body, media_type=media, headers=headers)
         body = b"".join(produce())
         if shared:
             cache.set(validators.digest, body)
             headers["X-Cache"] = "miss"
         return Response(body, media_type=media, headers=headers)
+
+    def response_headers(request: Request, fmt: str, validators: Validators, cache_control: str) -> dict[str, str]:
+        headers = validators.headers(cache_control)
+        headers["Vary"] = "Accept"
+        if fmt in (formats.CSV, formats.PARQUET):
+            headers["Content-Disposition"] = f'inline; filename="{request.url.path.rsplit("/", 1)[-1]}.{fmt}"'
+        return headers
+
+    def answer_from_memory(request: Request, fmt: str, validators: Validators, cache_control: str, *, shared: bool,
+                           local_only: bool) -> Response | None:
+        """A 304, or a cached body (`local_only`: only what this process holds, so no I/O); None otherwise."""
+        headers = response_headers(request, fmt, validators, cache_control)
+        if validators.not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
+            return Response(status_code=304, headers=headers)
+        if shared:
+            body = cache.get_local(validators.digest) if local_only else cache.get(validators.digest)
+            if body is not None:
+                headers["X-Cache"] = "hit"
+                return Response(body, media_type=formats.MEDIA_TYPES[fmt], headers=headers)
+        return None
 
     def layer_response(request: Request, layer: str, path_symbol: str, reader: Callable[[str, str, dt.date, dt.date], pl.DataFrame],
                        rows_per_day: int | None, start, end, limit, fmt, key_extra: str) -> Response:
@@ -286,8 +310,9 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
                               None, start, end, limit, format, f"{iv}|{rule}")
 
     @app.get("/v1/scores", summary="The latest score per symbol")
-    def scores(request: Request, symbols: str | None = Query(None, description="Comma-separated, e.g. BTC-USDT,ETH-USDT"),
-               format: str | None = _format()):
+    async def scores(request: Request, symbols: str | None = Query(None, description="Comma-separated, e.g. BTC-USDT,ETH-USDT"),
+                     format: str | None = _format()):
+        # The hottest read: answered on the event loop when this process holds it (one stat, no thread hop).
         fmt = fmt_of(request, format)
         names = None
         if symbols:
@@ -303,12 +328,15 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
         except FileNotFoundError:
             stats = []
         validators = Validators(f"scores|{','.join(names or [])}|{fmt}", stats)
+        early = answer_from_memory(request, fmt, validators, LIVE_CACHE, shared=True, local_only=True)
+        if early is not None:
+            return early
 
         def produce():
             df = read(lambda: lh.read_scores(names, root=root))
             return formats.encode_chunks([df], fmt)
 
-        return respond(request, fmt, validators, LIVE_CACHE, produce, stream=False, shared=True)
+        return await run_in_threadpool(respond, request, fmt, validators, LIVE_CACHE, produce, stream=False, shared=True)
 
     @app.get("/v1/status", summary="Per-symbol coverage, gaps, freshness tier and last run (lakehouse status)")
     def status():

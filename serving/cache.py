@@ -79,6 +79,8 @@ class MemoryCache:
             self._items.move_to_end(key)
             return item[1]
 
+    get_local = get  # what can be answered without leaving the event loop
+
     def set(self, key: str, body: bytes) -> None:
         if len(body) > self.max_bytes // 8:
             return
@@ -149,5 +151,34 @@ def _host_only(url: str) -> str:
     return f"{parts.hostname or '?'}:{parts.port or 6379}"
 
 
+class TieredCache:
+    """A per-process LRU in front of Redis: a hot key costs no network round trip, and a key one process
+    computed is a hit for every other process. Both levels are keyed by the files' stats, so neither can serve
+    a superseded partition."""
+
+    def __init__(self, redis_cache: RedisCache, memory: MemoryCache | None = None):
+        self.redis = redis_cache
+        self.memory = memory or MemoryCache(16 * 1024 * 1024)
+        self.name = "redis"
+
+    def get(self, key: str) -> bytes | None:
+        body = self.memory.get(key)
+        if body is None:
+            body = self.redis.get(key)
+            if body is not None:
+                self.memory.set(key, body)
+        return body
+
+    def get_local(self, key: str) -> bytes | None:
+        return self.memory.get(key)
+
+    def set(self, key: str, body: bytes) -> None:
+        self.memory.set(key, body)
+        self.redis.set(key, body)
+
+    def ping(self) -> bool:
+        return self.redis.ping()
+
+
 def make_cache(redis_url: str | None):
-    return RedisCache(redis_url) if redis_url else MemoryCache()
+    return TieredCache(RedisCache(redis_url)) if redis_url else MemoryCache()

@@ -132,29 +132,23 @@ class _Sink(io.RawIOBase):
 def _arrow_chunks(frames: Iterable[pl.DataFrame]) -> Iterator[bytes]:
     import pyarrow as pa
 
-    sink = _Sink()
-    writer = None
-    for df in frames:
-        table = df.to_arrow()
-        if writer is None:
-            writer = pa.ipc.new_stream(sink, table.schema)
-        if table.num_rows:
-            writer.write_table(table)
-        yield sink.take()
-    if writer is not None:
-        writer.close()
-    yield sink.take()
+    return _table_chunks(frames, lambda sink, schema: pa.ipc.new_stream(sink, schema))
 
 
 def _parquet_chunks(frames: Iterable[pl.DataFrame]) -> Iterator[bytes]:
     import pyarrow.parquet as pq
 
+    return _table_chunks(frames, lambda sink, schema: pq.ParquetWriter(sink, schema, compression="zstd"))
+
+
+def _table_chunks(frames: Iterable[pl.DataFrame], open_writer) -> Iterator[bytes]:
+    """One pyarrow writer (IPC stream or Parquet) over all frames; the bytes written so far after each frame."""
     sink = _Sink()
     writer = None
     for df in frames:
         table = df.to_arrow()
         if writer is None:
-            writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
+            writer = open_writer(sink, table.schema)
         if table.num_rows:
             writer.write_table(table)
         yield sink.take()

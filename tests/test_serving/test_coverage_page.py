@@ -120,7 +120,7 @@ def test_heatmap_draws_each_cell_state(served, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(served + "/?days=7&refresh=2")
-    WebDriverWait(browser, 15).until(lambda d: d.execute_script("return window.lakehouseCoverage.renders") >= 1)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.lakehouseCoverage.renders") >= 1)
     colors = browser.execute_script("return window.lakehouseCoverage.colors")
     expected = {
         ("BTC/USDT", D7): "complete", ("BTC/USDT", D8): "confirmed source gap", ("BTC/USDT", D9): "missing",
@@ -143,5 +143,5 @@ def test_heatmap_draws_each_cell_state(served, browser, tmp_path):
     assert "BTC/USDT 2024-03-09..2024-03-10" in runs and "STARTED" in runs
     # It refreshes itself.
     before = browser.execute_script("return window.lakehouseCoverage.renders")
-    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.lakehouseCoverage.renders") > before)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.lakehouseCoverage.renders") > before)
     shutil.copy(tmp_path / "coverage.png", Path(tmp_path.parent) / "coverage-last.png")

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 
 from serving_lakehouse import make_app
 
-EXAMPLES_PER_OPERATION = 40  # bounded so the run stays within a few seconds
+EXAMPLES_PER_OPERATION = 25  # bounded so the run stays within a few seconds
 
 
 def test_no_generated_request_gets_a_5xx(built):

@@ -25,6 +25,9 @@ CELL_CODES = {"complete": "c", "incomplete": "i", "confirmed_gap": "g", "missing
               "invalid": "x", "untracked": "."}
 _FINDING_CELL = {INCOMPLETE: "i", MISSING: "m", STALE: "s", INVALID: "x"}
 AUDIT_TTL_S = 5.0  # the page and /v1/status share one audit for this long
+# An older audit is still served while a fresh one runs in the background (a warm audit of 100 symbols x 365
+# days takes about a second); past this age a request waits for the fresh one.
+AUDIT_MAX_STALE_S = 60.0
 
 
 class RunsSource:
@@ -97,30 +100,54 @@ def _active_runs(instance, statuses) -> list[dict]:
 
 
 class StatusService:
-    """Runs the raw-layer audit at most every AUDIT_TTL_S and shapes it for the API and the page."""
+    """Runs the raw-layer audit at most every AUDIT_TTL_S (refreshing in the background) and shapes it for the API
+    and the page."""
 
     def __init__(self, root: str, settings: Settings, runs: RunsSource, clock: Callable[[], int] | None = None):
         self.storage = Storage(root)
         self.settings = settings
         self.runs = runs
         self.clock = clock or (lambda: int(time.time() * 1000))
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one audit at a time
+        self._refreshing = threading.Lock()  # at most one background refresh
         self._cached: tuple[float, Audit, dict] | None = None
 
     def current(self) -> tuple[Audit, dict]:
+        cached = self._cached
+        if cached is not None:
+            age = time.monotonic() - cached[0]
+            if age < AUDIT_TTL_S:
+                return cached[1], cached[2]
+            if age < AUDIT_MAX_STALE_S:
+                if not self._refreshing.locked():
+                    threading.Thread(target=self._refresh_in_background, name="audit", daemon=True).start()
+                return cached[1], cached[2]
         with self._lock:
-            if self._cached and time.monotonic() - self._cached[0] < AUDIT_TTL_S:
+            if self._cached is not cached:  # another request refreshed it meanwhile
                 return self._cached[1], self._cached[2]
-            runs = self.runs.snapshot()
-            tracked = list(Registry(self.storage.root).load().values())
-            auditor = Auditor(self.storage, self.settings, [RAW_OHLCV])
+            return self._audit()
+
+    def _refresh_in_background(self) -> None:
+        if self._refreshing.acquire(blocking=False):
             try:
-                audit = auditor.run(tracked, self.clock(), in_flight=runs["in_flight"])
-            except OSError:  # a read-only lakehouse: audit without saving the summary cache
-                audit = Auditor(self.storage, self.settings, [RAW_OHLCV]).run(
-                    tracked, self.clock(), in_flight=runs["in_flight"], persist_cache=False)
-            self._cached = (time.monotonic(), audit, runs)
-            return audit, runs
+                with self._lock:
+                    self._audit()
+            except Exception:
+                log.exception("background audit failed; the next request retries")
+            finally:
+                self._refreshing.release()
+
+    def _audit(self) -> tuple[Audit, dict]:
+        runs = self.runs.snapshot()
+        tracked = list(Registry(self.storage.root).load().values())
+        try:
+            audit = Auditor(self.storage, self.settings, [RAW_OHLCV]).run(tracked, self.clock(),
+                                                                          in_flight=runs["in_flight"])
+        except OSError:  # a read-only lakehouse: audit without saving the summary cache
+            audit = Auditor(self.storage, self.settings, [RAW_OHLCV]).run(
+                tracked, self.clock(), in_flight=runs["in_flight"], persist_cache=False)
+        self._cached = (time.monotonic(), audit, runs)
+        return audit, runs
 
     def status(self) -> dict:
         audit, runs = self.current()

@@ -237,3 +237,26 @@ def test_works_without_a_dagster_instance(built):
         assert c.get("/v1/bars/BTC-USDT").status_code == 200
     assert status["dagster"] == {"available": False, "reason": "Dagster instance unavailable: RuntimeError: no instance here"}
     assert [s["last_run"] for s in status["symbols"]] == [None, None]
+
+
+def test_status_serves_the_last_audit_while_a_fresh_one_runs(lake, monkeypatch):
+    import time
+
+    import serving.status
+
+    root, inst = lake
+    with TestClient(make_app(root, inst)) as c:
+        assert c.get("/v1/coverage", params={"days": 4}).json()["symbols"][0]["cells"] == "cccc"
+        Storage(root).partition_path("raw_ohlcv", EX, "BTC/USDT", dt.date(2024, 3, 8)).unlink()
+        monkeypatch.setattr(serving.status, "AUDIT_TTL_S", 0.0)
+        # The page never waits for an audit: the previous one answers, a background one starts.
+        assert c.get("/v1/coverage", params={"days": 4}).json()["symbols"][0]["cells"] == "cccc"
+        deadline = time.monotonic() + 20
+        cells = None
+        while time.monotonic() < deadline and cells != "cmcc":
+            time.sleep(0.1)
+            cells = c.get("/v1/coverage", params={"days": 4}).json()["symbols"][0]["cells"]
+        assert cells == "cmcc"
+        monkeypatch.setattr(serving.status, "AUDIT_MAX_STALE_S", 0.0)  # too old to serve: wait for a fresh one
+        Storage(root).partition_path("raw_ohlcv", EX, "BTC/USDT", dt.date(2024, 3, 9)).unlink()
+        assert c.get("/v1/coverage", params={"days": 4}).json()["symbols"][0]["cells"] == "cmmc"

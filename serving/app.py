@@ -93,6 +93,12 @@ def create_app(root: str | None = None, *, settings: Settings | None = None, api
     async def _api_error(_request: Request, exc: ApiError):
         return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
 
+    @app.exception_handler(LakehouseError)
+    async def _lakehouse_error(_request: Request, exc: LakehouseError):
+        # Not the request's fault (e.g. a damaged registry file): say what is wrong on the server.
+        log.warning("request failed: %s", exc)
+        return JSONResponse({"error": _relative(str(exc), root)}, status_code=503)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
         problems = []

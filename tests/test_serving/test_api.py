@@ -260,3 +260,12 @@ def test_status_serves_the_last_audit_while_a_fresh_one_runs(lake, monkeypatch):
         monkeypatch.setattr(serving.status, "AUDIT_MAX_STALE_S", 0.0)  # too old to serve: wait for a fresh one
         Storage(root).partition_path("raw_ohlcv", EX, "BTC/USDT", dt.date(2024, 3, 9)).unlink()
         assert c.get("/v1/coverage", params={"days": 4}).json()["symbols"][0]["cells"] == "cmmc"
+
+
+def test_a_damaged_registry_is_reported_not_a_traceback(lake):
+    root, inst = lake
+    (root / "_meta" / "symbols.json").write_text("{not json")
+    with TestClient(make_app(root, inst)) as c:
+        r = c.get("/v1/bars/BTC-USDT")
+    assert r.status_code == 503 and "symbols.json is not valid JSON" in r.json()["error"]
+    assert str(root) not in r.json()["error"]

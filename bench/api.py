@@ -8,7 +8,8 @@ Prints requests/s and p50/p99 latency for
     the page's render time in headless Chromium;
 with the server's peak RSS. The machine may be shared: figures vary run to run.
 
-    .venv/bin/python bench/api.py [--requests 3000] [--clients 16] [--redis redis://127.0.0.1:6379/15] [--no-coverage]
+    .venv/bin/python bench/api.py [--requests 3000] [--clients 16] [--workers 1] [--redis redis://127.0.0.1:6379/15]
+                                  [--no-coverage]
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ async def _client(host, port, path, n, latencies, sizes):
         writer.close()
 
 
+def _cpu(server: psutil.Process | None) -> float:
+    """CPU seconds of the server and its worker processes."""
+    if server is None:
+        return 0.0
+    procs = [server, *server.children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running())
+
+
 def load(port: int, path: str, requests: int, clients: int, server: psutil.Process | None = None) -> dict:
     latencies: list[float] = []
     sizes: list[int] = []
@@ -105,32 +114,38 @@ def load(port: int, path: str, requests: int, clients: int, server: psutil.Proce
         await asyncio.gather(*(_client("127.0.0.1", port, path, per, latencies, sizes) for _ in range(clients)))
 
     asyncio.run(_client("127.0.0.1", port, path, 3, [], []))  # warm: fills the cache, loads the code
-    cpu0 = sum(server.cpu_times()[:2]) if server else 0.0
+    cpu0 = _cpu(server)
     started = time.perf_counter()
     asyncio.run(run())
     wall = time.perf_counter() - started
-    cpu = (sum(server.cpu_times()[:2]) - cpu0) if server else 0.0
+    cpu = _cpu(server) - cpu0
     q = statistics.quantiles(latencies, n=100)
     return {"rps": len(latencies) / wall, "p50": q[49] * 1000, "p99": q[98] * 1000, "n": len(latencies),
             "bytes": statistics.median(sizes), "cpu_ms": cpu * 1000 / len(latencies)}
 
 
-def start_server(root: str, redis_url: str | None, port: int) -> subprocess.Popen:
-    env = {**os.environ, "LAKEHOUSE_ROOT": root}
+def start_server(root: str, redis_url: str | None, port: int, workers: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "LAKEHOUSE_ROOT": root, "DAGSTER_HOME": os.path.join(root, ".dagster_home")}
     env.pop("LAKEHOUSE_REDIS_URL", None)
     if redis_url:
         env["LAKEHOUSE_REDIS_URL"] = redis_url
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "serving.asgi:app", "--host", "127.0.0.1", "--port",
-                             str(port), "--log-level", "warning", "--no-access-log"], env=env, cwd=str(HERE.parent))
+                             str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)],
+                            env=env, cwd=str(HERE.parent))
     deadline = time.monotonic() + 30
     import socket
 
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
         except OSError:
             time.sleep(0.1)
+            continue
+        import urllib.request
+
+        # Wait out the start-up audit (it opens the Dagster instance): not part of what is measured.
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=600).read()
+        return proc
     proc.kill()
     raise RuntimeError("the API server did not start")
 
@@ -178,6 +193,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--redis", default=os.environ.get("LAKEHOUSE_REDIS_URL"),
                         help="Redis URL for the shared cache (default: LAKEHOUSE_REDIS_URL; none: in-process cache)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (lakehouse api --workers)")
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--no-coverage", action="store_true", help="skip the 100 x 365 coverage lakehouse")
@@ -190,10 +206,10 @@ def main() -> None:
         t0 = time.perf_counter()
         build_month(root)
         print(f"lakehouse: {SYMBOL} {MONTH[0]}..{MONTH[1]} through clean + resample, 100 scores; "
-              f"built in {time.perf_counter() - t0:.1f}s; {args.clients} clients, cache: "
+              f"built in {time.perf_counter() - t0:.1f}s; {args.clients} clients, {args.workers} worker(s), cache: "
               f"{'Redis' if args.redis else 'in-process'}")
         port = free_port()
-        proc = start_server(root, args.redis, port)
+        proc = start_server(root, args.redis, port, args.workers)
         procs.append(proc)
         server = psutil.Process(proc.pid)
         load_avg = os.getloadavg()[0]
@@ -206,13 +222,13 @@ def main() -> None:
         small = max(64, args.requests // 20)
         for fmt in ("json", "arrow"):
             res = load(port, f"{month}&format={fmt}", small, args.clients, server)
-            target = f"  target < 100 ms: {'OK' if res['p50'] < 100 else 'MISSED'}" if fmt == "arrow" else ""
-            line(f"symbol-month 1m bars as {fmt}", res, target)
+            line(f"symbol-month 1m bars as {fmt}", res, "  (CPU-bound: requests queue for the cores)")
         for fmt in ("json", "arrow"):
             one = load(port, f"{month}&format={fmt}", 20, 1, server)
             target = f"  target < 100 ms: {'OK' if one['p50'] < 100 else 'MISSED'}" if fmt == "arrow" else ""
             line(f"  same, {fmt}, 1 client at a time", one, target)
-        print(f"server RSS: {server.memory_info().rss / 2**20:.0f} MiB")
+        rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)])
+        print(f"server RSS: {rss / 2**20:.0f} MiB (all workers)")
 
         if not args.no_coverage:
             cov_root = os.path.join(tmp, "coverage")
@@ -231,7 +247,8 @@ def main() -> None:
             time.sleep(5.1)
             t0 = time.perf_counter()
             urllib.request.urlopen(f"http://127.0.0.1:{cport}/v1/coverage").read()
-            print(f"/v1/coverage {'re-audit (manifest warm)':<24} {(time.perf_counter() - t0) * 1000:8.0f} ms")
+            print(f"/v1/coverage {'after 5 s (last audit)':<24} {(time.perf_counter() - t0) * 1000:8.0f} ms  "
+                  "(answered from the previous audit while a fresh one runs)")
             page = render_page(cport)
             if page is None:
                 print("page render: skipped (no /usr/bin/chromium)")

@@ -36,11 +36,11 @@ def build_lakehouse(root, instance, symbols=SYMBOLS, first=FIRST_DAY, last=LAST_
         assert result.success
 
 
-def make_app(root, instance=None, *, dagster_instance=None, clock=lambda: NOW_MS, **kwargs):
-    """The app over `root` at the pinned clock, showing the runs of `instance`."""
+def make_app(root, instance=None, *, dagster_instance=None, clock=lambda: NOW_MS, env=None, **kwargs):
+    """The app over `root` at the pinned clock, showing the runs of `instance`; `env`: more settings."""
     from serving import create_app
 
     if dagster_instance is None and instance is not None:
         dagster_instance = lambda: instance  # noqa: E731
-    return create_app(str(root), settings=Settings.from_env({"LAKEHOUSE_ROOT": str(root)}), clock=clock,
+    return create_app(str(root), settings=Settings.from_env({"LAKEHOUSE_ROOT": str(root), **(env or {})}), clock=clock,
                       dagster_instance=dagster_instance, **kwargs)

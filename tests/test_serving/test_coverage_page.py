@@ -75,7 +75,7 @@ def served(lake, tmp_path):
                                 tags={"dagster/asset_partition_range_start": "2024-03-09|BTC/USDT",
                                       "dagster/asset_partition_range_end": "2024-03-10|BTC/USDT"}))
         port = free_port()
-        app = make_app(root, inst, clock=lambda: LATER_MS)
+        app = make_app(root, inst, clock=lambda: LATER_MS, env={"LAKEHOUSE_UI_URL": "http://127.0.0.1:3000"})
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -141,6 +141,11 @@ def test_heatmap_draws_each_cell_state(served, browser, tmp_path):
     assert "1 (20 min)" in rows["BTC/USDT"]  # its confirmed source gap
     runs = browser.find_element("css selector", "#runs tbody").text
     assert "BTC/USDT 2024-03-09..2024-03-10" in runs and "STARTED" in runs
+    # Links into the Dagster UI: the run, and the symbol's partitions.
+    run_link = browser.find_element("css selector", "#runs tbody a").get_attribute("href")
+    assert run_link.startswith("http://127.0.0.1:3000/runs/")
+    symbol_link = browser.find_element("css selector", '#symbols tr[data-symbol="BTC/USDT"] a').get_attribute("href")
+    assert symbol_link == "http://127.0.0.1:3000/assets/raw_ohlcv?view=partitions"
     # It refreshes itself.
     before = browser.execute_script("return window.lakehouseCoverage.renders")
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.lakehouseCoverage.renders") > before)

@@ -432,3 +432,7 @@ from .health import health  # noqa: E402  (cli.health imports UsageFailure from 
 
 cli.add_command(health)
 
+
+from .api_cmd import api  # noqa: E402  (its own module: imports nothing heavy until run)
+
+cli.add_command(api)

@@ -36,6 +36,8 @@ from typing import Callable
 
 from ..errors import UnknownSymbolError
 from ..timeutil import MINUTE_MS, Clock, system_clock_ms
+from .emulator_archive import ARCHIVE_PREFIX, ArchiveRoutes
+from .emulator_archive import CONTROL_PATH as ARCHIVE_CONTROL
 from .simulated import SimulatedSource
 
 WEIGHTS = {
@@ -89,6 +91,7 @@ class _Response:
     content_type: str = "application/json;charset=UTF-8"
     headers: dict = dataclasses.field(default_factory=dict)
     delay_s: float = 0.0
+    declared_length: int | None = None  # a Content-Length larger than the body: the connection drops mid-body
 
 
 def _json_response(status: int, payload, **headers) -> _Response:
@@ -144,6 +147,7 @@ class BinanceEmulator:
         self._outage = False
         # exchange ids ("BTCUSDT") -> unified symbols, as Binance names markets
         self._ids = {m.replace("/", ""): m for m in self.source.markets}
+        self.archive = ArchiveRoutes(self)  # the bulk archive (data.binance.vision layout), outside the budget
         self.reset_counters()
 
     # lifecycle ----------------------------------------------------------------------------------
@@ -268,6 +272,10 @@ class BinanceEmulator:
     def handle(self, method: str, raw_path: str, client_ip: str, body: bytes) -> _Response:
         parsed = urllib.parse.urlsplit(raw_path)
         path = parsed.path.rstrip("/") or "/"
+        if path.startswith(ARCHIVE_PREFIX):
+            return self.archive.handle(method, path)
+        if path.startswith(ARCHIVE_CONTROL):
+            return self.archive.control(method, path, body)
         if path.startswith(CONTROL_PREFIX.rstrip("/")):
             return self._control(method, path, body)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
@@ -594,7 +602,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(resp.body)))
+            self.send_header("Content-Length", str(resp.declared_length or len(resp.body)))
+            self.close_connection = self.close_connection or resp.declared_length is not None
             for name, value in resp.headers.items():
                 self.send_header(name, value)
             self.end_headers()

@@ -33,6 +33,8 @@ class DayResult:
     last_ms: int | None
     gaps: list[tuple[int, int]]  # [start_ms, end_ms) windows without a candle
     skipped: bool = False
+    source: str = "rest"  # "archive", "archive+rest" (archive gaps REST had candles for) or "rest"
+    archive_fallback: str | None = None  # why a day the archive should have had came from REST
 
     @property
     def missing_minutes(self) -> int:
@@ -47,6 +49,8 @@ class DayResult:
             "gaps": len(self.gaps),
             "first_candle": ms_to_iso(self.first_ms),
             "last_candle": ms_to_iso(self.last_ms),
+            "source": self.source,
+            **({"archive_fallback": self.archive_fallback} if self.archive_fallback else {}),
         }
 
 
@@ -60,6 +64,7 @@ class IngestReport:
     banned: int
     retries: int
     duration_s: float
+    archive_requests: int = 0
 
     @property
     def candles(self) -> int:
@@ -80,6 +85,7 @@ class IngestReport:
             banned=sum(r.banned for r in reports),
             retries=sum(r.retries for r in reports),
             duration_s=sum(r.duration_s for r in reports),
+            archive_requests=sum(r.archive_requests for r in reports),
         )
 
     def metadata(self) -> dict:
@@ -101,6 +107,7 @@ class IngestReport:
             "banned_418": self.banned,
             "retries": self.retries,
             "duration_s": round(self.duration_s, 3),
+            **_source_metadata(self.days, self.archive_requests),
         }
 
 
@@ -183,7 +190,13 @@ def ingest_days(
     closed_end = (now // MINUTE_MS) * MINUTE_MS  # the forming candle starts here and is never stored
     results: list[DayResult] = []
     todo = sorted(set(days))
-    for first, last in contiguous_ranges(d for d in todo if not (keep and keep(d))):
+    rest_days = [d for d in todo if not (keep and keep(d))]
+    fallbacks: dict[dt.date, str] = {}  # closed days the archive could not give, and why
+    archive_requests = 0
+    if exchange.archive is not None:  # closed days come from the bulk archive first; REST gets the rest
+        results, fallbacks, archive_requests = _from_archive(exchange, storage, symbol, rest_days, listing, closed_end, now)
+        rest_days = [d for d in rest_days if d not in {r.day for r in results}]
+    for first, last in contiguous_ranges(rest_days):
         start_ms = day_start_ms(first)
         if listing is not None:
             start_ms = max(start_ms, listing)
@@ -206,6 +219,8 @@ def ingest_days(
         if keep and keep(d):
             results.append(DayResult(symbol, d, 0, 0, None, None, [], skipped=True))
     results.sort(key=lambda r: r.day)
+    for r in results:
+        r.archive_fallback = fallbacks.get(r.day)
     s = exchange.stats
     return IngestReport(
         exchange=exchange.id,
@@ -216,6 +231,7 @@ def ingest_days(
         banned=s.banned - before.banned,
         retries=s.retries - before.retries,
         duration_s=time.monotonic() - started,
+        archive_requests=archive_requests,
     )
 
 
@@ -242,3 +258,46 @@ def _store_day(storage, exchange, symbol, day, rows, listing, closed_end, now) -
     )
     progress.emit(progress.ProgressEvent("partition_done", RAW_OHLCV, symbol, day.isoformat(), result.candles))
     return result
+
+
+def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> tuple[list[DayResult], dict, int]:
+    """Store the closed days the exchange's bulk archive has, through the same checks as REST days.
+
+    A day the archive has with missing minutes is asked of REST for exactly those minutes: what REST has is
+    added, and a gap both agree on stays a gap (the audit then confirms it like any source gap). Returns the
+    stored days, the reason for each day left to REST that the archive should have had, and the number of
+    archive requests made.
+    """
+    results, fallbacks = [], {}
+    requests_before = exchange.archive.stats.requests
+    for got in exchange.archive.days(symbol, days, listing_ms=listing, closed_end_ms=closed_end):
+        if got.rows is None:
+            if got.reason:
+                fallbacks[got.day] = got.reason
+            continue
+        rows, source = got.rows, "archive"
+        start = day_start_ms(got.day)
+        window_start = max(start, listing) if listing is not None else start
+        ts = np.asarray([r[0] for r in rows], dtype=np.int64)
+        for gap_start, gap_end in _gaps(ts, window_start, start + DAY_MS):
+            extra = [c for page in iter_pages(exchange, symbol, gap_start, gap_end) for c in page]
+            if extra:
+                rows, source = sorted(rows + extra, key=lambda c: c[0]), "archive+rest"
+        result = _store_day(storage, exchange, symbol, got.day, rows, listing, closed_end, now)
+        result.source = source
+        results.append(result)
+    return results, fallbacks, exchange.archive.stats.requests - requests_before
+
+
+def _source_metadata(days: list[DayResult], archive_requests: int) -> dict:
+    """Where a run's days came from: counts per source and the days the archive could not give."""
+    counts: dict[str, int] = {}
+    for d in days:
+        if not d.skipped:
+            counts[d.source] = counts.get(d.source, 0) + 1
+    fallbacks = [f"{d.day}: {d.archive_fallback}" for d in days if d.archive_fallback]
+    out: dict = {"sources": counts, "archive_requests": archive_requests}
+    if fallbacks:
+        out["archive_fallbacks"] = len(fallbacks)
+        out["archive_fallback_days"] = fallbacks[:20] + ([f"... and {len(fallbacks) - 20} more"] if len(fallbacks) > 20 else [])
+    return out

@@ -25,11 +25,16 @@ class CcxtExchangeResource(ExchangeResource):
     url: Optional[str] = None
     timeout_s: float = 10.0
     max_retries: int = 5
+    archive_url: Optional[str] = None  # bulk kline archive for closed days (LAKEHOUSE_ARCHIVE_URL); None: REST only
 
     def client(self) -> Exchange:
+        from lakehouse.exchange.archive import KlineArchive
         from lakehouse.exchange.ccxt_client import CcxtExchange
 
-        return CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries)
+        client = CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries)
+        if self.archive_url:
+            client.archive = KlineArchive(self.archive_url, timeout_s=self.timeout_s, max_retries=self.max_retries)
+        return client
 
 
 class SimulatedExchangeResource(ExchangeResource):
@@ -54,4 +59,5 @@ def exchange_resource(settings: Settings) -> ExchangeResource:
         url=settings.exchange_url,
         timeout_s=settings.request_timeout_s,
         max_retries=settings.max_request_retries,
+        archive_url=settings.archive_url,
     )

@@ -356,14 +356,17 @@ class KlineArchive:
             if day_start_ms(d) + DAY_MS <= closed_end_ms and (listing_ms is None or day_start_ms(d) + DAY_MS > listing_ms)
         ]
         wanted = set(offered)
-        for file, rows, error in self._fetch_all(plan_files(market_id, offered)):
-            if error is not None and file.monthly and not isinstance(error, ArchiveUnreachable):
-                # A month not (yet) usable as one file: its days may still be there as daily files.
-                daily = [ArchiveFile(market_id, d.isoformat()) for d in file.days if d in wanted]
-                for f, r, e in self._fetch_all(daily):
-                    yield from self._split(f, r, e, wanted)
-                continue
-            yield from self._split(file, rows, error, wanted)
+        try:
+            for file, rows, error in self._fetch_all(plan_files(market_id, offered)):
+                if error is not None and file.monthly and not isinstance(error, ArchiveUnreachable):
+                    # A month not (yet) usable as one file: its days may still be there as daily files.
+                    daily = [ArchiveFile(market_id, d.isoformat()) for d in file.days if d in wanted]
+                    for f, r, e in self._fetch_all(daily):
+                        yield from self._split(f, r, e, wanted)
+                    continue
+                yield from self._split(file, rows, error, wanted)
+        finally:
+            self.close()  # the download threads are gone; so are their connections
 
     def _split(self, file: ArchiveFile, rows, error, wanted) -> Iterator[ArchiveDay]:
         days = [d for d in file.days if d in wanted]

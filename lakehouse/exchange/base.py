@@ -40,6 +40,7 @@ class Exchange(abc.ABC):
 
     id: str
     page_limit: int = 1000
+    archive = None  # a KlineArchive (exchange/archive.py) that closed days are taken from first; None: REST only
 
     def __init__(self) -> None:
         self.stats = FetchStats()

@@ -61,6 +61,7 @@ class ArchiveRoutes:
         self._lock = threading.Lock()
         self._faults: collections.deque[_Fault] = collections.deque()
         self._forged_checksums: dict[str, str] = {}  # file path -> sha256 of the faulty body just served
+        self._cache_size = _CACHED_FILES
         self._cache: collections.OrderedDict[tuple[str, str], tuple[bytes, str] | None] = collections.OrderedDict()
         self.reset_counters()
 
@@ -83,6 +84,18 @@ class ArchiveRoutes:
             raise ValueError("count must be >= 1")
         with self._lock:
             self._faults.append(_Fault(kind, int(count), match, dict(params)))
+
+    def prebuild(self, symbol: str, days) -> int:
+        """Build now the files a client asking for these days would download (benchmarks time the client, and a
+        real archive serves files it already has); returns how many."""
+        from .archive import plan_files
+
+        files = plan_files(symbol.replace("/", ""), days)
+        with self._lock:
+            self._cache_size = max(self._cache_size, len(files) + _CACHED_FILES)
+        for f in files:
+            self._file(symbol, f.period, *_period_ms(f.period))
+        return len(files)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -208,7 +221,7 @@ class ArchiveRoutes:
             built = body, hashlib.sha256(body).hexdigest()
         with self._lock:
             self._cache[key] = built
-            while len(self._cache) > _CACHED_FILES:
+            while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return built
 

@@ -156,7 +156,7 @@ def _gaps(ts: np.ndarray, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
 
 
 def _frame(rows: list[list], exchange_id: str, symbol: str, fetched_at_ms: int) -> pl.DataFrame:
-    arr = np.asarray([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
+    arr = rows[:, :6] if isinstance(rows, np.ndarray) else np.asarray([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
     return pl.DataFrame(
         {
             "timestamp": pl.Series(arr[:, 0].astype(np.int64)).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
@@ -247,7 +247,7 @@ def _store_day(storage, exchange, symbol, day, rows, listing, closed_end, now) -
     window_start = max(start, listing) if listing is not None else start
     window_end = min(start + DAY_MS, closed_end)
     expected = max(0, (window_end - window_start) // MINUTE_MS)
-    ts = np.asarray([int(r[0]) for r in rows], dtype=np.int64)
+    ts = rows[:, 0].astype(np.int64) if isinstance(rows, np.ndarray) else np.asarray([int(r[0]) for r in rows], dtype=np.int64)
     if ts.size > expected:
         raise IncompleteFetchError(f"{symbol} {day}: {ts.size} candles for {expected} minutes; nothing was written")
     storage.write_partition(RAW_OHLCV, exchange.id, symbol, day, _frame(rows, exchange.id, symbol, now))
@@ -278,11 +278,11 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
         rows, source = got.rows, "archive"
         start = day_start_ms(got.day)
         window_start = max(start, listing) if listing is not None else start
-        ts = np.asarray([r[0] for r in rows], dtype=np.int64)
-        for gap_start, gap_end in _gaps(ts, window_start, start + DAY_MS):
-            extra = [c for page in iter_pages(exchange, symbol, gap_start, gap_end) for c in page]
+        for gap_start, gap_end in _gaps(rows[:, 0].astype(np.int64), window_start, start + DAY_MS):
+            extra = [c[:6] for page in iter_pages(exchange, symbol, gap_start, gap_end) for c in page]
             if extra:
-                rows, source = sorted(rows + extra, key=lambda c: c[0]), "archive+rest"
+                rows = np.vstack([rows, np.asarray(extra, dtype=np.float64)])
+                rows, source = rows[np.argsort(rows[:, 0], kind="stable")], "archive+rest"
         result = _store_day(storage, exchange, symbol, got.day, rows, listing, closed_end, now)
         result.source = source
         results.append(result)

@@ -125,7 +125,7 @@ class ArchiveDay:
     """A day's candles from the archive (`rows`), or why the archive could not give them (`reason`)."""
 
     day: dt.date
-    rows: list | None  # [[ts_ms, open, high, low, close, volume], ...] like REST pages; None: left to REST
+    rows: np.ndarray | None  # (n, 6) float64 [ts_ms, open, high, low, close, volume]; None: left to REST
     reason: str | None = None  # set when rows is None and the archive was expected to have the day
     file: str | None = None
 
@@ -172,7 +172,7 @@ def parse_klines_csv(data: bytes, start_ms: int, end_ms: int) -> np.ndarray:
     except (pl.exceptions.PolarsError, ValueError) as exc:
         raise CorruptFile(f"malformed CSV: {str(exc).splitlines()[0][:160]}") from None
     if df.height == 0:
-        raise CorruptFile("malformed CSV: no rows")
+        raise CorruptFile("malformed CSV: empty file")
     nulls = [c for c, n in zip(df.columns, df.null_count().row(0)) if n]
     if nulls:
         # polars fills the fields of a short row with nulls; a row with fewer than 12 fields is malformed.
@@ -377,10 +377,7 @@ class KlineArchive:
         starts = np.asarray([day_start_ms(d) for d in days] + [day_start_ms(days[-1]) + DAY_MS], dtype=np.float64)
         bounds = np.searchsorted(rows[:, 0], starts)
         for i, d in enumerate(days):
-            part = rows[bounds[i]:bounds[i + 1]].tolist()
-            for r in part:
-                r[0] = int(r[0])
-            yield ArchiveDay(d, part, None, file.name)
+            yield ArchiveDay(d, rows[bounds[i]:bounds[i + 1]], None, file.name)
 
     def _fetch_all(self, files: list[ArchiveFile]):
         """(file, rows, error) in order, downloading up to `workers` files ahead."""

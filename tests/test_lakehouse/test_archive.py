@@ -226,6 +226,18 @@ def test_cli_backfill_takes_the_archive_from_the_environment(emulator, source, r
     assert_exact(Storage(tmp_path / "lake"), rest_reference, source, days)
     assert emulator.archive.stats()["zip"] == 4  # two good days, the bad one twice
     assert emulator.path_counts["/api/v3/klines"] == 4  # listing probe, the fallback day's 2 pages, 1 gap check
+    # Each day's provenance is on its observation; the run's totals on the materialization.
+    from dagster import AssetKey, DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        observed = {r.partition_key: r.asset_observation.metadata
+                    for r in instance.fetch_observations(AssetKey(RAW_OHLCV), limit=10).records}
+        materialized = instance.fetch_materializations(AssetKey(RAW_OHLCV), limit=1).records[0]
+    assert {k.split("|")[0]: md["source"].value for k, md in observed.items()} == {
+        "2024-12-01": "archive", "2024-12-02": "rest", "2024-12-03": "archive"}
+    assert "checksum mismatch" in observed["2024-12-02|BTC/USDT"]["archive_fallback"].value
+    md = materialized.asset_materialization.metadata
+    assert (md["sources"].value, md["archive_fallbacks"].value) == ({"archive": 2, "rest": 1}, 1)
 
 
 # pure parts ---------------------------------------------------------------------------------------------
@@ -295,3 +307,29 @@ def test_archive_url_setting_must_be_a_url():
 
     with pytest.raises(ConfigError, match="LAKEHOUSE_ARCHIVE_URL='data.binance.vision' must be an http"):
         Settings.from_env({"LAKEHOUSE_EXCHANGE": "binance", "LAKEHOUSE_ARCHIVE_URL": "data.binance.vision"})
+
+
+def test_the_audit_refetches_an_archive_day_with_a_gap_and_confirms_what_archive_and_rest_agree_on(emulator, storage):
+    from lakehouse.audit import Auditor
+    from lakehouse.registry import TrackedSymbol
+
+    c = client(emulator)
+    ingest_days(c, storage, SYMBOL, span(D(2024, 12, 9), LAST))
+    wall = [1_700_000_000_000]
+    auditor = Auditor(storage, Settings(), [RAW_OHLCV], wall_clock=lambda: wall[0])
+    tracked = [TrackedSymbol(SYMBOL, "binance", D(2024, 12, 9), D(2017, 8, 17), "")]
+    refetches = []
+    for _ in range(20):
+        audit = auditor.run(tracked, NOW)
+        audit.commit(audit.plan)
+        if audit.plan:
+            assert [(r.action, str(r.start), str(r.end)) for r in audit.plan] == [("refetch", "2024-12-10", "2024-12-10")]
+            refetches.append(ingest_days(c, storage, SYMBOL, [D(2024, 12, 10)]).days[0].source)
+            continue
+        waiting = [f.retry_at_ms for f in audit.findings if f.retry_at_ms]
+        if not waiting:
+            break
+        wall[0] = max(waiting)
+    assert refetches == ["archive"] * 3  # the archive again each time, its gap checked against REST each time
+    assert audit.counts()["incomplete"] == 0
+    assert audit.summary().endswith("1 confirmed source gaps (audited 26 partitions of 1 symbol(s) x 1 layer(s))")

@@ -8,6 +8,7 @@ exact JSON, headers and status codes for the few public endpoints the lakehouse 
     GET /api/v3/time          weight 1   {"serverTime": ms}
     GET /api/v3/exchangeInfo  weight 20  markets and the REQUEST_WEIGHT budget
     GET /api/v3/klines        weight 2   1m candles from SimulatedSource (the ground truth)
+    GET /data/spot/...        no weight  the bulk kline archive's zip + CHECKSUM files (emulator_archive.py)
 
 Rate limiting follows Binance: weight is counted per client IP in fixed windows aligned to epoch multiples of
 the window; a request that would cross the limit gets 429 with Retry-After (seconds until the window resets);

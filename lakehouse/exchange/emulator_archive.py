@@ -105,7 +105,12 @@ class ArchiveRoutes:
     def control(self, method: str, path: str, body: bytes):
         from .emulator import _json_response
 
-        payload = json.loads(body) if body else {}
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return _json_response(400, {"error": "body must be a JSON object"})
         if path == CONTROL_PATH + "/stats" and method == "GET":
             return _json_response(200, self.stats())
         if path == CONTROL_PATH + "/faults" and method == "POST":
@@ -120,8 +125,12 @@ class ArchiveRoutes:
             self.clear_faults()
             return _json_response(200, {"cleared": True})
         if path == CONTROL_PATH + "/delays" and method == "POST":
-            self.daily_delay_s = float(payload.get("daily_delay_s", self.daily_delay_s))
-            self.monthly_delay_s = float(payload.get("monthly_delay_s", self.monthly_delay_s))
+            try:
+                daily = float(payload.get("daily_delay_s", self.daily_delay_s))
+                monthly = float(payload.get("monthly_delay_s", self.monthly_delay_s))
+            except (TypeError, ValueError):
+                return _json_response(400, {"error": "delays must be numbers of seconds"})
+            self.daily_delay_s, self.monthly_delay_s = daily, monthly
             return _json_response(200, self.stats())
         return _json_response(404, {"error": f"no control endpoint {method} {path}"})
 

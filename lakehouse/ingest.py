@@ -278,11 +278,16 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
         rows, source = got.rows, "archive"
         start = day_start_ms(got.day)
         window_start = max(start, listing) if listing is not None else start
-        for gap_start, gap_end in _gaps(rows[:, 0].astype(np.int64), window_start, start + DAY_MS):
-            extra = [c[:6] for page in iter_pages(exchange, symbol, gap_start, gap_end) for c in page]
-            if extra:
-                rows = np.vstack([rows, np.asarray(extra, dtype=np.float64)])
-                rows, source = rows[np.argsort(rows[:, 0], kind="stable")], "archive+rest"
+        ts = rows[:, 0].astype(np.int64)
+        gaps = _gaps(ts, window_start, start + DAY_MS)
+        # A few gaps are asked for exactly; for many, one pass over the day takes fewer requests.
+        windows = gaps if len(gaps) <= 2 else [(window_start, start + DAY_MS)]
+        extra = np.asarray([c[:6] for s, e in windows for page in iter_pages(exchange, symbol, s, e) for c in page],
+                           dtype=np.float64).reshape(-1, 6)
+        extra = extra[~np.isin(extra[:, 0].astype(np.int64), ts)]
+        if len(extra):
+            rows = np.vstack([rows, extra])
+            rows, source = rows[np.argsort(rows[:, 0], kind="stable")], "archive+rest"
         result = _store_day(storage, exchange, symbol, got.day, rows, listing, closed_end, now)
         result.source = source
         results.append(result)

@@ -262,7 +262,8 @@ class KlineArchive:
                 raise TransientArchiveError(f"HTTP {resp.status_code}")
             if resp.status_code != 200:
                 raise CorruptFile(f"unexpected HTTP {resp.status_code}")
-            declared = resp.headers.get("Content-Length", "")
+            # Content-Length counts encoded bytes; with a Content-Encoding the decoded body is longer.
+            declared = "" if resp.headers.get("Content-Encoding") else resp.headers.get("Content-Length", "")
             received = 0
             try:
                 for chunk in resp.iter_content(_CHUNK):

@@ -12,7 +12,7 @@ the file is a 404. Archive downloads are outside the REST weight budget, as on B
 Faults (`inject`, or POST /_emulator/archive/faults): "corrupt" (bytes changed, so the sha256 no longer
 matches its .CHECKSUM), "bad_zip" and "malformed" (a broken zip, or a zip whose CSV has a 11-field row; the
 .CHECKSUM requested next for that file matches the broken body, so only the content check can catch it),
-"gappy" (ten rows left out, checksum matching), "missing" (404), "truncated" (Content-Length promises the whole
+"gappy" (ten rows left out, or every `stride`-th row, checksum matching), "missing" (404), "truncated" (Content-Length promises the whole
 file, the connection closes halfway), "500" and "timeout" (answers after `delay` seconds). `match` picks the
 files a fault applies to (a substring of the path, e.g. a file name; default every .zip).
 """
@@ -208,6 +208,8 @@ class ArchiveRoutes:
             if kind == "malformed":
                 row = lines[len(lines) // 2].rstrip(b"\n").split(b",")
                 lines[len(lines) // 2] = b",".join(row[:11]) + b"\n"
+            elif fault.params.get("stride"):  # every n-th row left out: many small gaps
+                lines = [line for i, line in enumerate(lines) if i % int(fault.params["stride"])]
             else:
                 del lines[len(lines) // 3: len(lines) // 3 + 10]
             broken = _zip(period, unified, b"".join(lines))

@@ -181,12 +181,18 @@ def test_missing_files_fall_back_to_daily_files_then_to_rest(emulator, storage, 
     assert emulator.archive.stats()["status_404"] == 2
 
 
-def test_an_archive_day_missing_minutes_rest_has_is_completed_from_rest(emulator, storage, source, rest_reference):
-    emulator.archive.inject("gappy", match="2024-12-29")  # ten rows left out, with a matching checksum
+@pytest.mark.parametrize("params, klines", [
+    ({}, 2),  # ten rows left out: the listing probe and one request for exactly those minutes
+    ({"stride": 50}, 3),  # 29 small gaps: one pass over the day (2 pages) instead of 29 requests
+])
+def test_an_archive_day_missing_minutes_rest_has_is_completed_from_rest(
+        emulator, storage, source, rest_reference, params, klines):
+    emulator.archive.inject("gappy", match="2024-12-29", **params)  # with a checksum that matches
     days = [D(2024, 12, 29)]
     report = ingest_days(client(emulator), storage, SYMBOL, days)
     assert (report.days[0].source, report.days[0].candles, report.days[0].gaps) == ("archive+rest", 1440, [])
     assert_exact(storage, rest_reference, source, days)
+    assert emulator.path_counts["/api/v3/klines"] == klines
 
 
 def test_an_unreachable_archive_is_given_up_for_the_run(emulator, storage, source, rest_reference):

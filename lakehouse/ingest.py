@@ -7,6 +7,9 @@ days it finished.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -21,6 +24,8 @@ from .exchange.base import Exchange
 from .schema import RAW_OHLCV, TS
 from .storage import Storage
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms, ms_to_iso
+
+_ARCHIVE_WRITERS = 2  # archive days written in parallel (see _from_archive)
 
 
 @dataclasses.dataclass
@@ -268,30 +273,51 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     stored days, the reason for each day left to REST that the archive should have had, and the number of
     archive requests made.
     """
-    results, fallbacks = [], {}
+    results, fallbacks, pending = [], {}, collections.deque()
     requests_before = exchange.archive.stats.requests
-    for got in exchange.archive.days(symbol, days, listing_ms=listing, closed_end_ms=closed_end):
-        if got.rows is None:
-            if got.reason:
-                fallbacks[got.day] = got.reason
-            continue
-        rows, source = got.rows, "archive"
-        start = day_start_ms(got.day)
-        window_start = max(start, listing) if listing is not None else start
-        ts = rows[:, 0].astype(np.int64)
-        gaps = _gaps(ts, window_start, start + DAY_MS)
-        # A few gaps are asked for exactly; for many, one pass over the day takes fewer requests.
-        windows = gaps if len(gaps) <= 2 else [(window_start, start + DAY_MS)]
-        extra = np.asarray([c[:6] for s, e in windows for page in iter_pages(exchange, symbol, s, e) for c in page],
-                           dtype=np.float64).reshape(-1, 6)
-        extra = extra[~np.isin(extra[:, 0].astype(np.int64), ts)]
-        if len(extra):
-            rows = np.vstack([rows, extra])
-            rows, source = rows[np.argsort(rows[:, 0], kind="stable")], "archive+rest"
-        result = _store_day(storage, exchange, symbol, got.day, rows, listing, closed_end, now)
+
+    def collect(item) -> None:
+        source, future = item
+        result = future.result()
         result.source = source
         results.append(result)
+
+    # Days arrive far faster than REST pages, so writing them is what remains: a few writers overlap the
+    # fsyncs, and a short queue keeps memory bounded.
+    with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
+            contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing, closed_end_ms=closed_end)) as got_days:
+        for got in got_days:
+            if got.rows is None:
+                if got.reason:
+                    fallbacks[got.day] = got.reason
+                continue
+            rows, source = _with_rest_gaps(exchange, symbol, got.day, got.rows, listing)
+            pending.append((source, writers.submit(_store_day, storage, exchange, symbol, got.day, rows, listing,
+                                                   closed_end, now)))
+            while len(pending) > 4 * _ARCHIVE_WRITERS:
+                collect(pending.popleft())
+        while pending:
+            collect(pending.popleft())
     return results, fallbacks, exchange.archive.stats.requests - requests_before
+
+
+def _with_rest_gaps(exchange, symbol, day, rows, listing) -> tuple[np.ndarray, str]:
+    """An archive day plus the candles REST has in the minutes the file lacks, and the day's source."""
+    start = day_start_ms(day)
+    window_start = max(start, listing) if listing is not None else start
+    ts = rows[:, 0].astype(np.int64)
+    gaps = _gaps(ts, window_start, start + DAY_MS)
+    if not gaps:
+        return rows, "archive"
+    # A few gaps are asked for exactly; for many, one pass over the day takes fewer requests.
+    windows = gaps if len(gaps) <= 2 else [(window_start, start + DAY_MS)]
+    extra = np.asarray([c[:6] for s, e in windows for page in iter_pages(exchange, symbol, s, e) for c in page],
+                       dtype=np.float64).reshape(-1, 6)
+    extra = extra[~np.isin(extra[:, 0].astype(np.int64), ts)]
+    if not len(extra):
+        return rows, "archive"
+    rows = np.vstack([rows, extra])
+    return rows[np.argsort(rows[:, 0], kind="stable")], "archive+rest"
 
 
 def _source_metadata(days: list[DayResult], archive_requests: int) -> dict:

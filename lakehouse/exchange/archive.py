@@ -126,8 +126,7 @@ class ArchiveDay:
 
     day: dt.date
     rows: np.ndarray | None  # (n, 6) float64 [ts_ms, open, high, low, close, volume]; None: left to REST
-    reason: str | None = None  # set when rows is None and the archive was expected to have the day
-    file: str | None = None
+    reason: str | None = None  # set when rows is None: which file, and what was wrong with it
 
 
 @dataclasses.dataclass
@@ -373,12 +372,12 @@ class KlineArchive:
         days = [d for d in file.days if d in wanted]
         if error is not None:
             for d in days:
-                yield ArchiveDay(d, None, f"{file.name}: {error.reason}", file.name)
+                yield ArchiveDay(d, None, f"{file.name}: {error.reason}")
             return
         starts = np.asarray([day_start_ms(d) for d in days] + [day_start_ms(days[-1]) + DAY_MS], dtype=np.float64)
         bounds = np.searchsorted(rows[:, 0], starts)
         for i, d in enumerate(days):
-            yield ArchiveDay(d, rows[bounds[i]:bounds[i + 1]], None, file.name)
+            yield ArchiveDay(d, rows[bounds[i]:bounds[i + 1]])
 
     def _fetch_all(self, files: list[ArchiveFile]):
         """(file, rows, error) in order, downloading up to `workers` files ahead."""

@@ -195,6 +195,19 @@ def test_an_archive_day_missing_minutes_rest_has_is_completed_from_rest(
     assert emulator.path_counts["/api/v3/klines"] == klines
 
 
+def test_a_failed_write_stops_the_run_and_leaves_only_complete_files(emulator, storage, source, rest_reference):
+    blocked = storage.partition_path(RAW_OHLCV, "binance", SYMBOL, D(2024, 12, 29)).parent
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the day's folder should be")  # a real filesystem fault
+    days = span(D(2024, 12, 1), D(2024, 12, 31))
+    with pytest.raises(OSError):
+        ingest_days(client(emulator), storage, SYMBOL, days)
+    written = [p.ref.day for p in storage.list_partitions(RAW_OHLCV)]
+    assert D(2024, 12, 28) in written and D(2024, 12, 29) not in written
+    assert_exact(storage, rest_reference, source, written)
+    assert not [p for p in storage.root.rglob("*") if p.name.startswith(".tmp")]
+
+
 def test_an_unreachable_archive_is_given_up_for_the_run(emulator, storage, source, rest_reference):
     days = span(D(2024, 11, 29), D(2024, 12, 31))
     c = client(emulator, archive_url=f"http://127.0.0.1:{free_port()}", max_retries=1)

@@ -171,6 +171,16 @@ def test_a_bad_file_is_retried_then_its_day_falls_back_to_rest_exactly(
         assert md["archive_fallback_days"] == [f"2024-12-29: {day.archive_fallback}"]
 
 
+def test_a_download_that_times_out_is_retried(emulator, storage, source, rest_reference):
+    emulator.archive.inject("timeout", match="2024-12-29", delay=3.0)  # the answer comes after the client gave up
+    days = span(D(2024, 12, 28), D(2024, 12, 29))
+    c = client(emulator, timeout_s=1.5)
+    report = ingest_days(c, storage, SYMBOL, days)
+    assert list(sources(report).values()) == ["archive", "archive"]
+    assert (c.archive.stats.retries, c.archive.stats.requests) == (1, 5)
+    assert_exact(storage, rest_reference, source, days)
+
+
 def test_missing_files_fall_back_to_daily_files_then_to_rest(emulator, storage, source, rest_reference):
     emulator.archive.inject("missing", match="BTCUSDT-1m-2024-12.zip")  # the month: 404
     emulator.archive.inject("missing", match="2024-12-05")  # and one of its days

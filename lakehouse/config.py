@@ -13,6 +13,7 @@ from .errors import ConfigError, UserInputError
 from .timeutil import parse_day
 
 SIMULATED = "simulated"
+ARCHIVE_DEFAULTS = {"binance": "https://data.binance.vision"}  # exchanges whose bulk kline archive we can read
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
@@ -42,6 +43,18 @@ def _http_url(env: Mapping[str, str], name: str, example: str) -> str | None:
     return raw
 
 
+def _archive_url(env: Mapping[str, str], exchange: str, exchange_url: str | None) -> str | None:
+    """LAKEHOUSE_ARCHIVE_URL: a URL, `off`, or unset for the exchange's own archive. Behind
+    LAKEHOUSE_EXCHANGE_URL (a proxy or the emulator) the default is off: files from the real exchange must
+    not be mixed with whatever that URL serves, so the archive is then named explicitly."""
+    if (env.get("LAKEHOUSE_ARCHIVE_URL") or "").strip().lower() == "off":
+        return None
+    url = _http_url(env, "LAKEHOUSE_ARCHIVE_URL", "https://data.binance.vision (or off)")
+    if url or exchange_url:
+        return url
+    return ARCHIVE_DEFAULTS.get(exchange)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every knob of the lakehouse; README's "Configuration" table documents each one."""
@@ -65,6 +78,8 @@ class Settings:
     retry_max_delay_minutes: float = 360.0
     repair_max_runs: int = 20
     fetch_concurrency: int = 4
+    # Where closed days are downloaded as verified bulk files instead of REST pages; None: REST only.
+    archive_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -100,6 +115,7 @@ class Settings:
             retry_max_delay_minutes=_float(env, "LAKEHOUSE_RETRY_MAX_DELAY_MINUTES", cls.retry_max_delay_minutes),
             repair_max_runs=int(_float(env, "LAKEHOUSE_REPAIR_MAX_RUNS", cls.repair_max_runs, 1)),
             fetch_concurrency=int(_float(env, "LAKEHOUSE_FETCH_CONCURRENCY", cls.fetch_concurrency, 1)),
+            archive_url=_archive_url(env, exchange, url),
         )
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -32,6 +33,8 @@ from .schema import RAW_OHLCV, RAW_SCHEMA, TS
 from .storage import Storage
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms, ms_to_iso
 
+_ARCHIVE_WRITERS = 2  # archive days written in parallel (see _from_archive)
+
 
 @dataclasses.dataclass
 class DayResult:
@@ -44,6 +47,8 @@ class DayResult:
     gaps: list[tuple[int, int]]  # [start_ms, end_ms) windows without a candle
     skipped: bool = False  # kept as stored, not fetched again
     present: int | None = None  # whole minutes with a candle (rows may hold duplicates and misaligned ones)
+    source: str = "rest"  # "archive", "archive+rest" (archive gaps REST had candles for) or "rest"
+    archive_fallback: str | None = None  # why a day the archive should have had came from REST
 
     @property
     def missing_minutes(self) -> int:
@@ -59,6 +64,8 @@ class DayResult:
             "gaps": len(self.gaps),
             "first_candle": ms_to_iso(self.first_ms),
             "last_candle": ms_to_iso(self.last_ms),
+            "source": "stored" if self.skipped else self.source,
+            **({"archive_fallback": self.archive_fallback} if self.archive_fallback else {}),
         }
 
 
@@ -72,6 +79,7 @@ class IngestReport:
     banned: int
     retries: int
     duration_s: float
+    archive_requests: int = 0
 
     @property
     def candles(self) -> int:
@@ -96,6 +104,7 @@ class IngestReport:
             banned=sum(r.banned for r in reports),
             retries=sum(r.retries for r in reports),
             duration_s=sum(r.duration_s for r in reports),
+            archive_requests=sum(r.archive_requests for r in reports),
         )
 
     def metadata(self) -> dict:
@@ -119,6 +128,7 @@ class IngestReport:
             "banned_418": self.banned,
             "retries": self.retries,
             "duration_s": round(self.duration_s, 3),
+            **_source_metadata(self.days, self.archive_requests),
         }
 
 
@@ -302,7 +312,15 @@ def ingest_days(
             results.append(_kept_result(symbol, day, entry, ws, we, listing))
         else:
             plans.append(plan)
-    # The seam for other sources: each plan is one day and what it still needs from the exchange.
+    fallbacks: dict[dt.date, str] = {}  # closed days the archive could not give, and why
+    archive_requests = 0
+    whole = [p for p in plans if p.kept is None and p.start_ms == day_start_ms(p.day) and p.end_ms - p.start_ms == DAY_MS]
+    if exchange.archive is not None and whole:  # whole closed days come from the bulk archive first; REST gets the rest
+        got, fallbacks, archive_requests = _from_archive(exchange, storage, symbol, [p.day for p in whole], listing,
+                                                         closed_end, now)
+        results.extend(got)
+        done = {r.day for r in got}
+        plans = [p for p in plans if p.day not in done]
     for group in _contiguous(plans):
         # No listing clamp here: asking for it costs a request, and the exchange sends nothing before it anyway.
         start_ms = group[0].start_ms
@@ -326,6 +344,8 @@ def ingest_days(
             flush(hi)
         flush(None)
     results.sort(key=lambda r: r.day)
+    for r in results:
+        r.archive_fallback = fallbacks.get(r.day)
     s = exchange.stats
     return IngestReport(
         exchange=exchange.id,
@@ -336,6 +356,7 @@ def ingest_days(
         banned=s.banned - before.banned,
         retries=s.retries - before.retries,
         duration_s=time.monotonic() - started,
+        archive_requests=archive_requests,
     )
 
 
@@ -442,3 +463,76 @@ def _store_day(storage, exchange, symbol, plan: _DayPlan, parts, listing: _Listi
     )
     progress.emit(progress.ProgressEvent("partition_done", RAW_OHLCV, symbol, day.isoformat(), result.candles))
     return result
+
+
+def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> tuple[list[DayResult], dict, int]:
+    """Store the closed days the exchange's bulk archive has, through the same checks as REST days.
+
+    A day the archive has with missing minutes is asked of REST for exactly those minutes: what REST has is
+    added, and a gap both agree on stays a gap (the audit then confirms it like any source gap). Returns the
+    stored days, the reason for each day left to REST that the archive should have had, and the number of
+    archive requests made.
+    """
+    results, fallbacks, pending = [], {}, collections.deque()
+    requests_before = exchange.archive.stats.requests
+
+    def collect(item) -> None:
+        source, future = item
+        result = future.result()
+        result.source = source
+        results.append(result)
+
+    # Days arrive far faster than REST pages, so writing them is what remains: a few writers overlap the
+    # fsyncs, and a short queue keeps memory bounded.
+    with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
+            contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end)) as got_days:
+        for got in got_days:
+            if got.rows is None:
+                if got.reason:
+                    fallbacks[got.day] = got.reason
+                continue
+            rows, source = _with_rest_gaps(exchange, symbol, got.day, got.rows, listing)
+            pending.append((source, writers.submit(_store_day, storage, exchange, symbol, _whole_day(got.day), [rows],
+                                                   listing, closed_end, now)))
+            while len(pending) > 4 * _ARCHIVE_WRITERS:
+                collect(pending.popleft())
+        while pending:
+            collect(pending.popleft())
+    return results, fallbacks, exchange.archive.stats.requests - requests_before
+
+
+def _whole_day(day: dt.date) -> _DayPlan:
+    start = day_start_ms(day)
+    return _DayPlan(day, start, start + DAY_MS)
+
+
+def _with_rest_gaps(exchange, symbol, day, rows, listing) -> tuple[np.ndarray, str]:
+    """An archive day plus the candles REST has in the minutes the file lacks, and the day's source."""
+    start = day_start_ms(day)
+    window_start = listing.window_start(start)
+    ts = rows[:, 0].astype(np.int64)
+    gaps = _gaps(ts, window_start, start + DAY_MS)
+    if not gaps:
+        return rows, "archive"
+    # A few gaps are asked for exactly; for many, one pass over the day takes fewer requests.
+    windows = gaps if len(gaps) <= 2 else [(window_start, start + DAY_MS)]
+    extra = np.concatenate([fetch_window(exchange, symbol, s, e) for s, e in windows])
+    extra = extra[~np.isin(extra[:, 0].astype(np.int64), ts)]
+    if not len(extra):
+        return rows, "archive"
+    rows = np.vstack([rows, extra])
+    return rows[np.argsort(rows[:, 0], kind="stable")], "archive+rest"
+
+
+def _source_metadata(days: list[DayResult], archive_requests: int) -> dict:
+    """Where a run's days came from: counts per source and the days the archive could not give."""
+    counts: dict[str, int] = {}
+    for d in days:
+        if not d.skipped:
+            counts[d.source] = counts.get(d.source, 0) + 1
+    fallbacks = [f"{d.day}: {d.archive_fallback}" for d in days if d.archive_fallback]
+    out: dict = {"sources": counts, "archive_requests": archive_requests}
+    if fallbacks:
+        out["archive_fallbacks"] = len(fallbacks)
+        out["archive_fallback_days"] = fallbacks[:20] + ([f"... and {len(fallbacks) - 20} more"] if len(fallbacks) > 20 else [])
+    return out

@@ -25,14 +25,16 @@ class ProgressEvent:
 Listener = Callable[[ProgressEvent], None]
 _listeners: list[Listener] = []
 _lock = threading.Lock()
+_emit_lock = threading.Lock()
 
 
 def emit(event: ProgressEvent) -> None:
-    for listener in list(_listeners):
-        try:
-            listener(event)
-        except Exception:  # a broken display must never fail the work it displays
-            pass
+    with _emit_lock:  # work may finish on several threads; listeners see one event at a time
+        for listener in list(_listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken display must never fail the work it displays
+                pass
 
 
 @contextlib.contextmanager

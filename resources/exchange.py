@@ -26,12 +26,17 @@ class CcxtExchangeResource(ExchangeResource):
     timeout_s: float = 10.0
     max_retries: int = 5
     concurrency: int = 4  # requests in flight at once, always inside the exchange's weight budget
+    archive_url: Optional[str] = None  # bulk kline archive for closed days (LAKEHOUSE_ARCHIVE_URL); None: REST only
 
     def client(self) -> Exchange:
+        from lakehouse.exchange.archive import KlineArchive
         from lakehouse.exchange.ccxt_client import CcxtExchange
 
-        return CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                            concurrency=self.concurrency)
+        client = CcxtExchange(self.exchange_id, url=self.url, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                              concurrency=self.concurrency)
+        if self.archive_url:
+            client.archive = KlineArchive(self.archive_url, timeout_s=self.timeout_s, max_retries=self.max_retries)
+        return client
 
 
 class SimulatedExchangeResource(ExchangeResource):
@@ -57,4 +62,5 @@ def exchange_resource(settings: Settings) -> ExchangeResource:
         timeout_s=settings.request_timeout_s,
         max_retries=settings.max_request_retries,
         concurrency=settings.fetch_concurrency,
+        archive_url=settings.archive_url,
     )

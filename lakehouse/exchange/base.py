@@ -45,6 +45,7 @@ class Exchange(abc.ABC):
     id: str
     page_limit: int = 1000
     concurrency: int = 1  # pages fetched at once (the live client overlaps requests to hide latency)
+    archive = None  # a KlineArchive (exchange/archive.py) that closed days are taken from first; None: REST only
 
     def __init__(self) -> None:
         self.stats = FetchStats()

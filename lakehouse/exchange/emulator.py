@@ -8,6 +8,7 @@ exact JSON, headers and status codes for the few public endpoints the lakehouse 
     GET /api/v3/time          weight 1   {"serverTime": ms}
     GET /api/v3/exchangeInfo  weight 20  markets and the REQUEST_WEIGHT budget
     GET /api/v3/klines        weight 2   1m candles from SimulatedSource (the ground truth)
+    GET /data/spot/...        no weight  the bulk kline archive's zip + CHECKSUM files (emulator_archive.py)
 
 Rate limiting follows Binance: weight is counted per client IP in fixed windows aligned to epoch multiples of
 the window; a request that would cross the limit gets 429 with Retry-After (seconds until the window resets);
@@ -44,6 +45,8 @@ import numpy as np
 
 from ..errors import UnknownSymbolError
 from ..timeutil import MINUTE_MS, Clock, system_clock_ms
+from .emulator_archive import ARCHIVE_PREFIX, ArchiveRoutes
+from .emulator_archive import CONTROL_PATH as ARCHIVE_CONTROL
 from .simulated import SimulatedSource
 
 WEIGHTS = {
@@ -100,6 +103,7 @@ class _Response:
     content_type: str = "application/json;charset=UTF-8"
     headers: dict = dataclasses.field(default_factory=dict)
     delay_s: float = 0.0
+    declared_length: int | None = None  # a Content-Length larger than the body: the connection drops mid-body
 
 
 def _json_response(status: int, payload, **headers) -> _Response:
@@ -161,6 +165,7 @@ class BinanceEmulator:
         self._outage = False
         # exchange ids ("BTCUSDT") -> unified symbols, as Binance names markets
         self._ids = {m.replace("/", ""): m for m in self.source.markets}
+        self.archive = ArchiveRoutes(self)  # the bulk archive (data.binance.vision layout), outside the budget
         self.reset_counters()
 
     # lifecycle ----------------------------------------------------------------------------------
@@ -320,6 +325,10 @@ class BinanceEmulator:
     def handle(self, method: str, raw_path: str, client_ip: str, body: bytes) -> _Response:
         parsed = urllib.parse.urlsplit(raw_path)
         path = parsed.path.rstrip("/") or "/"
+        if path.startswith(ARCHIVE_PREFIX):
+            return self.archive.handle(method, path)
+        if path.startswith(ARCHIVE_CONTROL):
+            return self.archive.control(method, path, body)
         if path.startswith(CONTROL_PREFIX.rstrip("/")):
             return self._control(method, path, body)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
@@ -706,7 +715,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(resp.body)))
+            self.send_header("Content-Length", str(resp.declared_length or len(resp.body)))
+            self.close_connection = self.close_connection or resp.declared_length is not None
             for name, value in resp.headers.items():
                 self.send_header(name, value)
             self.end_headers()

@@ -1,0 +1,413 @@
+"""Binance's bulk kline archive (data.binance.vision): closed days as verified zipped CSV files.
+
+Why: REST history is bounded by the request-weight budget (a symbol-year of 1m is ~527 klines requests), while
+the exchange publishes the same candles as files outside that budget:
+
+    {base}/data/spot/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01.zip      (a whole month)
+    {base}/data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-15.zip     (one day)
+
+each next to a `.zip.CHECKSUM` holding its sha256. A file is used only after its sha256 matches, it unzips to
+exactly one CSV of 12 columns without a header, and every row lies inside the file's period, on the minute,
+strictly increasing. Open times are milliseconds before 2025 and microseconds from 2025-01-01 in spot files;
+both become the UTC milliseconds REST returns.
+
+A 404 means "not published yet" (a day appears some hours after it ends, a month some time after it ends):
+the day is left to REST. A checksum mismatch, a bad zip or a malformed row is retried once, network errors,
+timeouts and 5xx like REST (backoff with jitter); after that the day is left to REST with the reason. When the
+archive cannot be reached at all, the rest of the run does not wait on it again.
+"""
+
+from __future__ import annotations
+
+import calendar
+import collections
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import hashlib
+import random
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import polars as pl
+import requests
+
+from ..timeutil import DAY_MS, MINUTE_MS, day_start_ms
+
+BINANCE_ARCHIVE_URL = "https://data.binance.vision"
+MICROSECONDS_FROM = dt.date(2025, 1, 1)  # Binance spot files switched open/close times to microseconds
+WORKERS = 4  # concurrent downloads per ingest: enough to hide latency, few enough to be polite
+_CHUNK = 1 << 16
+_SPOOL_BYTES = 16 << 20  # a download larger than this spills to a temporary file instead of memory
+_MAX_FILE_BYTES = 512 << 20  # no kline file is anywhere near this; a larger body is not one
+_US_THRESHOLD = 10**14  # ms timestamps stay below this until the year 5138, us timestamps are above it
+
+# The 12 columns of a kline row, as Binance documents them; only the first seven are stored or checked.
+_COLUMNS = {
+    "open_time": pl.Int64, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
+    "volume": pl.Float64, "close_time": pl.Int64, "quote_volume": pl.Float64, "trades": pl.Int64,
+    "taker_buy_volume": pl.Float64, "taker_buy_quote_volume": pl.Float64, "ignore": pl.String,
+}
+
+
+class ArchiveFileError(Exception):
+    """A file could not be used; `reason` is what the metadata says about the days it covered."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class NotPublished(ArchiveFileError):
+    """404: the archive does not have this file (yet)."""
+
+
+class CorruptFile(ArchiveFileError):
+    """Checksum mismatch, bad zip or malformed CSV: retried once."""
+
+
+class TransientArchiveError(ArchiveFileError):
+    """Timeout, dropped connection, 429 or 5xx: retried with backoff."""
+
+
+class ArchiveUnreachable(ArchiveFileError):
+    """The archive cannot be connected to: after the retries it is not asked again during this run."""
+
+
+class ArchiveRefused(ArchiveUnreachable):
+    """401/403: the archive will not serve us; not retried, not asked again during this run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveFile:
+    """One archive file: a whole month or a single day of one symbol's 1m klines."""
+
+    market_id: str  # the exchange's id, e.g. BTCUSDT
+    period: str  # YYYY-MM (monthly) or YYYY-MM-DD (daily)
+
+    @property
+    def monthly(self) -> bool:
+        return len(self.period) == 7
+
+    @property
+    def first_day(self) -> dt.date:
+        return dt.date.fromisoformat(self.period + "-01" if self.monthly else self.period)
+
+    @property
+    def days(self) -> list[dt.date]:
+        if not self.monthly:
+            return [self.first_day]
+        first = self.first_day
+        n = calendar.monthrange(first.year, first.month)[1]
+        return [first + dt.timedelta(days=i) for i in range(n)]
+
+    @property
+    def name(self) -> str:
+        return f"{self.market_id}-1m-{self.period}.zip"
+
+    @property
+    def path(self) -> str:
+        kind = "monthly" if self.monthly else "daily"
+        return f"data/spot/{kind}/klines/{self.market_id}/1m/{self.name}"
+
+    def window_ms(self) -> tuple[int, int]:
+        days = self.days
+        return day_start_ms(days[0]), day_start_ms(days[-1]) + DAY_MS
+
+
+@dataclasses.dataclass
+class ArchiveDay:
+    """A day's candles from the archive (`rows`), or why the archive could not give them (`reason`)."""
+
+    day: dt.date
+    rows: np.ndarray | None  # (n, 6) float64 [ts_ms, open, high, low, close, volume]; None: left to REST
+    reason: str | None = None  # set when rows is None: which file, and what was wrong with it
+
+
+@dataclasses.dataclass
+class ArchiveStats:
+    requests: int = 0  # zip and CHECKSUM downloads, 404s included
+    files: int = 0  # files verified and used
+    bytes: int = 0
+    not_published: int = 0
+    retries: int = 0
+    failed: int = 0  # files given up on after their retries
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def plan_files(market_id: str, days: Iterable[dt.date]) -> list[ArchiveFile]:
+    """Monthly files for the months whose every day is asked for, daily files for the other days."""
+    wanted = sorted(set(days))
+    by_month: dict[tuple[int, int], list[dt.date]] = collections.defaultdict(list)
+    for d in wanted:
+        by_month[(d.year, d.month)].append(d)
+    files = []
+    for (year, month), month_days in sorted(by_month.items()):
+        if len(month_days) == calendar.monthrange(year, month)[1]:
+            files.append(ArchiveFile(market_id, f"{year:04d}-{month:02d}"))
+        else:
+            files.extend(ArchiveFile(market_id, d.isoformat()) for d in month_days)
+    return files
+
+
+def parse_klines_csv(data: bytes, start_ms: int, end_ms: int) -> np.ndarray:
+    """Strictly parse a kline CSV into (n, 6) float64 [ts_ms, open, high, low, close, volume] rows.
+
+    Raises CorruptFile for a header, a row without exactly 12 fields, an empty field, mixed or unknown time
+    units, a close time that does not end its minute, or a row outside [start_ms, end_ms), off the minute or
+    out of order.
+    """
+    try:
+        df = pl.read_csv(data, has_header=False, schema=_COLUMNS, truncate_ragged_lines=False)
+    except pl.exceptions.NoDataError:
+        raise CorruptFile("malformed CSV: empty file") from None
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise CorruptFile(f"malformed CSV: {str(exc).splitlines()[0][:160]}") from None
+    if df.height == 0:
+        raise CorruptFile("malformed CSV: empty file")
+    nulls = [c for c, n in zip(df.columns, df.null_count().row(0)) if n]
+    if nulls:
+        # polars fills the fields of a short row with nulls; a row with fewer than 12 fields is malformed.
+        raise CorruptFile(f"malformed CSV: rows with missing fields ({', '.join(nulls[:3])})")
+    open_t = df["open_time"].to_numpy()
+    close_t = df["close_time"].to_numpy()
+    micro = open_t >= _US_THRESHOLD
+    if micro.any() and not micro.all():
+        raise CorruptFile("malformed CSV: open times mix milliseconds and microseconds")
+    if micro.all():
+        if (open_t % 1000).any():
+            raise CorruptFile("malformed CSV: microsecond open time that is not a whole millisecond")
+        open_ms, minute = open_t // 1000, MINUTE_MS * 1000
+    else:
+        open_ms, minute = open_t, MINUTE_MS
+    if (close_t != open_t + minute - 1).any():
+        raise CorruptFile("malformed CSV: a close time does not end its open time's minute")
+    if (open_ms % MINUTE_MS).any() or open_ms[0] < start_ms or open_ms[-1] >= end_ms or (np.diff(open_ms) <= 0).any():
+        raise CorruptFile("malformed CSV: rows outside the file's period, off the minute or out of order")
+    out = np.empty((df.height, 6), dtype=np.float64)
+    out[:, 0] = open_ms
+    for i, col in enumerate(("open", "high", "low", "close", "volume"), start=1):
+        out[:, i] = df[col].to_numpy()
+    return out
+
+
+class KlineArchive:
+    """Downloads, verifies and splits archive files into days; see the module docstring."""
+
+    def __init__(
+        self,
+        base_url: str = BINANCE_ARCHIVE_URL,
+        *,
+        timeout_s: float = 10.0,
+        max_retries: int = 5,
+        workers: int = WORKERS,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.workers = max(1, workers)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self.stats = ArchiveStats()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._down: str | None = None  # why the archive is not asked again during this run
+        self._sessions: list[requests.Session] = []
+
+    # HTTP ---------------------------------------------------------------------------------------
+    def _session(self) -> requests.Session:
+        # requests sessions are not documented as thread-safe: one per download thread.
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "ohlcv-lakehouse"
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    def _get(self, path: str, sink) -> None:
+        """Stream GET {base}/{path} into sink(chunk); typed errors for every way it can fail."""
+        url = f"{self.base_url}/{path}"
+        self._count(requests=1)
+        try:
+            resp = self._session().get(url, stream=True, timeout=self.timeout_s)
+        except requests.exceptions.ConnectionError as exc:  # refused, DNS, connect timeout
+            raise ArchiveUnreachable(f"cannot connect to the archive ({exc.__class__.__name__})") from None
+        except requests.exceptions.RequestException as exc:  # no answer in time
+            raise TransientArchiveError(f"no answer ({exc.__class__.__name__}, timeout {self.timeout_s:g}s)") from None
+        with resp:
+            if resp.status_code == 404:
+                raise NotPublished("not published yet (404)")
+            if resp.status_code in (401, 403):
+                raise ArchiveRefused(f"archive refused the download (HTTP {resp.status_code})")
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise TransientArchiveError(f"HTTP {resp.status_code}")
+            if resp.status_code != 200:
+                raise CorruptFile(f"unexpected HTTP {resp.status_code}")
+            # Content-Length counts encoded bytes; with a Content-Encoding the decoded body is longer.
+            declared = "" if resp.headers.get("Content-Encoding") else resp.headers.get("Content-Length", "")
+            received = 0
+            try:
+                for chunk in resp.iter_content(_CHUNK):
+                    received += len(chunk)
+                    if received > _MAX_FILE_BYTES:
+                        raise CorruptFile("download larger than any kline file")
+                    sink(chunk)
+            except requests.exceptions.RequestException as exc:
+                # The connection broke off or stalled while the body was streaming.
+                raise TransientArchiveError(f"download broken off after {received} bytes ({exc.__class__.__name__})") from None
+            if declared.isdigit() and received != int(declared):
+                raise TransientArchiveError(f"truncated download ({received} of {declared} bytes)")
+            self._count(bytes=received)
+
+    # one file -----------------------------------------------------------------------------------
+    def _download_verified(self, file: ArchiveFile) -> np.ndarray:
+        digest = hashlib.sha256()
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buf:
+
+            def sink(chunk: bytes) -> None:
+                digest.update(chunk)
+                buf.write(chunk)
+
+            self._get(file.path, sink)
+            checksum = bytearray()
+            self._get(file.path + ".CHECKSUM", checksum.extend)
+            expected = bytes(checksum[:1024]).decode("ascii", "replace").split()
+            if not expected or expected[0].lower() != digest.hexdigest():
+                raise CorruptFile("checksum mismatch (sha256 differs from .CHECKSUM)")
+            buf.seek(0)
+            try:
+                with zipfile.ZipFile(buf) as zf:
+                    names = zf.namelist()
+                    member = file.name[:-4] + ".csv"
+                    if names != [member]:
+                        raise CorruptFile(f"bad zip: expected one member {member}, found {names[:3]}")
+                    data = zf.read(member)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise CorruptFile(f"bad zip ({str(exc)[:80]})") from None
+        return parse_klines_csv(data, *file.window_ms())
+
+    def fetch(self, file: ArchiveFile) -> np.ndarray:
+        """The file's rows, verified; retries as the module docstring says, then raises ArchiveFileError."""
+        corrupt_retried = False
+        attempt = 0
+        while True:
+            if self._down:
+                raise ArchiveUnreachable(self._down)
+            try:
+                rows = self._download_verified(file)
+                self._count(files=1)
+                return rows
+            except NotPublished:
+                self._count(not_published=1)
+                raise
+            except ArchiveUnreachable as exc:
+                attempt += 1
+                if attempt > self.max_retries or isinstance(exc, ArchiveRefused):
+                    self._down = f"archive unreachable: {exc.reason}"
+                    self._count(failed=1)
+                    raise ArchiveUnreachable(self._down) from None
+                self._backoff(attempt)
+            except CorruptFile as exc:
+                if corrupt_retried:
+                    self._count(failed=1)
+                    raise CorruptFile(f"{exc.reason} (retried once)") from None
+                corrupt_retried = True
+                self._count(retries=1)
+            except TransientArchiveError as exc:
+                attempt += 1
+                if attempt > self.max_retries:
+                    self._count(failed=1)
+                    raise TransientArchiveError(f"{exc.reason} ({self.max_retries} retries)") from None
+                self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> None:
+        self._count(retries=1)
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        self._sleep(delay * random.uniform(0.5, 1.5))  # jitter, as for REST
+
+    # days ---------------------------------------------------------------------------------------
+    def days(self, symbol: str, days: Iterable[dt.date], *, listing_ms: int | None, closed_end_ms: int) -> Iterator[ArchiveDay]:
+        """For each closed day from the symbol's listing on, an ArchiveDay (rows or the reason there are none).
+
+        Days still open or before the listing are not yielded: they are REST's. Files download concurrently
+        (at most `workers` at once, and no more parsed files held than that), in date order.
+        """
+        market_id = symbol.replace("/", "")
+        offered = [
+            d for d in sorted(set(days))
+            if day_start_ms(d) + DAY_MS <= closed_end_ms and (listing_ms is None or day_start_ms(d) + DAY_MS > listing_ms)
+        ]
+        wanted = set(offered)
+        try:
+            for file, rows, error in self._fetch_all(plan_files(market_id, offered)):
+                if error is not None and file.monthly and not isinstance(error, ArchiveUnreachable):
+                    # A month not (yet) usable as one file: its days may still be there as daily files.
+                    daily = [ArchiveFile(market_id, d.isoformat()) for d in file.days if d in wanted]
+                    for f, r, e in self._fetch_all(daily):
+                        yield from self._split(f, r, e, wanted)
+                    continue
+                yield from self._split(file, rows, error, wanted)
+        finally:
+            self.close()  # the download threads are gone; so are their connections
+
+    def _split(self, file: ArchiveFile, rows, error, wanted) -> Iterator[ArchiveDay]:
+        days = [d for d in file.days if d in wanted]
+        if error is not None:
+            for d in days:
+                yield ArchiveDay(d, None, f"{file.name}: {error.reason}")
+            return
+        starts = np.asarray([day_start_ms(d) for d in days] + [day_start_ms(days[-1]) + DAY_MS], dtype=np.float64)
+        bounds = np.searchsorted(rows[:, 0], starts)
+        for i, d in enumerate(days):
+            yield ArchiveDay(d, rows[bounds[i]:bounds[i + 1]])
+
+    def _fetch_all(self, files: list[ArchiveFile]):
+        """(file, rows, error) in order, downloading up to `workers` files ahead."""
+        if not files:
+            return
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="archive") as pool:
+            pending: collections.deque = collections.deque()
+            queue = iter(files)
+            for f in queue:
+                pending.append((f, pool.submit(self.fetch, f)))
+                if len(pending) >= self.workers:
+                    break
+            try:
+                while pending:
+                    f, fut = pending.popleft()
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending.append((nxt, pool.submit(self.fetch, nxt)))
+                    try:
+                        rows, error = fut.result(), None
+                    except ArchiveFileError as exc:
+                        rows, error = None, exc
+                    yield f, rows, error
+            finally:  # the consumer stopped early (e.g. a failed write): do not download the rest
+                for _, fut in pending:
+                    fut.cancel()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+

@@ -93,7 +93,8 @@ def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakeho
     for report in reports:
         add_partition_metadata(context, RAW_OHLCV, report.symbol, {d.day: d.metadata() for d in report.days})
     combined = IngestReport.combine(reports).metadata()
-    shared = {k: combined[k] for k in ("requests", "rate_limited_429", "banned_418", "retries", "duration_s")
+    shared = {k: combined[k] for k in ("requests", "rate_limited_429", "banned_418", "retries", "duration_s",
+                                       "archive_requests", "sources", "archive_fallbacks")
               if k in combined}
     days = sorted(d.day for r in reports for d in r.days)
     metadata = to_metadata(run_metadata(days, **shared))

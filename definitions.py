@@ -15,7 +15,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     settings = settings or Settings.from_env()
     return {
         "exchange": exchange_resource(settings),
-        "lakehouse": LakehouseResource(root=str(settings.root_path.resolve())),
+        "lakehouse": LakehouseResource(root=settings.root_location),
     }
 
 

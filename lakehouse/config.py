@@ -81,8 +81,15 @@ class Settings:
             history_day = parse_day(history_start, "LAKEHOUSE_HISTORY_START") if history_start else cls.history_start
         except UserInputError as exc:
             raise ConfigError(str(exc)) from None
+        root = (env.get("LAKEHOUSE_ROOT") or cls.root).strip()
+        if root.startswith("s3://"):
+            from .objectstore import parse_location
+
+            parse_location(root, env)  # a bad bucket or endpoint fails here, naming the setting
+        elif "://" in root:
+            raise ConfigError(f"LAKEHOUSE_ROOT={root[:80]!r}: only local folders and s3://bucket/prefix are supported")
         return cls(
-            root=env.get("LAKEHOUSE_ROOT") or cls.root,
+            root=root,
             exchange=exchange,
             exchange_url=url,
             request_timeout_s=_float(env, "LAKEHOUSE_TIMEOUT_S", cls.request_timeout_s, 0.1),
@@ -103,3 +110,8 @@ class Settings:
     @property
     def root_path(self) -> Path:
         return Path(self.root)
+
+    @property
+    def root_location(self) -> str:
+        """LAKEHOUSE_ROOT as every process should see it: an absolute folder, or the s3:// URL unchanged."""
+        return self.root if self.root.startswith("s3://") else str(Path(self.root).expanduser().resolve())

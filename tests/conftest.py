@@ -58,3 +58,25 @@ def _isolated_env(monkeypatch, tmp_path):
     for var in ("LAKEHOUSE_EXCHANGE", "LAKEHOUSE_EXCHANGE_URL", "DAGSTER_URL"):
         monkeypatch.delenv(var, raising=False)
     os.makedirs(tmp_path / "dagster_home_env", exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One loopback S3-compatible server for the session (each test takes its own bucket)."""
+    from s3_server import S3Server
+
+    try:
+        server = S3Server()
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"no S3-compatible server: moto_server could not start ({exc})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """LAKEHOUSE_ROOT=s3://<fresh bucket>/lake with the endpoint and credentials set in the environment."""
+    env = s3_server.env(s3_server.new_bucket())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

@@ -42,6 +42,22 @@ def _http_url(env: Mapping[str, str], name: str, example: str) -> str | None:
     return raw
 
 
+def _service_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], example: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme.split("+")[0] not in schemes or not parts.hostname:
+        # The value may hold a password: name the setting and the expected form, never echo it.
+        raise ConfigError(f"{name} must be a URL such as {example} (scheme {parts.scheme or 'missing'!r} "
+                          f"is not one of {', '.join(schemes)})")
+    try:
+        parts.port  # noqa: B018
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port; use e.g. {example}") from None
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every knob of the lakehouse; README's "Configuration" table documents each one."""
@@ -64,6 +80,10 @@ class Settings:
     retry_delay_minutes: float = 15.0
     retry_max_delay_minutes: float = 360.0
     repair_max_runs: int = 20
+    # Scale-out (README "Deployment"): a Postgres instance and steps on Celery workers; unset = embedded SQLite
+    # and steps in the run's own process.
+    postgres_url: str | None = None
+    celery_broker_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -88,7 +108,13 @@ class Settings:
             parse_location(root, env)  # a bad bucket or endpoint fails here, naming the setting
         elif "://" in root:
             raise ConfigError(f"LAKEHOUSE_ROOT={root[:80]!r}: only local folders and s3://bucket/prefix are supported")
+        postgres_url = _service_url(env, "LAKEHOUSE_POSTGRES_URL", ("postgresql", "postgres"),
+                                    "postgresql://postgres@127.0.0.1:5432/lakehouse")
+        broker = _service_url(env, "LAKEHOUSE_CELERY_BROKER_URL", ("amqp", "pyamqp", "redis", "rediss"),
+                              "amqp://guest:guest@127.0.0.1:5672//")
         return cls(
+            postgres_url=postgres_url,
+            celery_broker_url=broker,
             root=root,
             exchange=exchange,
             exchange_url=url,

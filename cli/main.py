@@ -432,3 +432,6 @@ from .health import health  # noqa: E402  (cli.health imports UsageFailure from 
 
 cli.add_command(health)
 
+from .serve import serve  # noqa: E402  (click and the standard library only: nothing heavy at import)
+
+cli.add_command(serve)

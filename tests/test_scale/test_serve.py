@@ -1,0 +1,271 @@
+"""`lakehouse serve --workers 2` on PostgreSQL + RabbitMQ + a loopback S3 server, fed by the Binance emulator:
+a backfill whose data equals the emulator's, repair of a deleted object, a worker killed mid-step, and the
+webserver + daemon restarted mid-backfill. Every process is stopped by PID (its process group)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from lakehouse.exchange.emulator import BinanceEmulator
+from lakehouse.exchange.simulated import SimulatedSource
+from lakehouse.schema import RAW_OHLCV
+from lakehouse.storage import Storage
+from lakehouse.timeutil import DAY_MS, day_start_ms
+
+from helpers import free_port, service_reachable
+
+pytestmark = pytest.mark.services
+
+BIN = Path(sys.executable).parent
+# Recent days: the emulator serves real-time candles, and repair audits from the symbol's start to today.
+D1 = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2)
+D2 = D1 + dt.timedelta(days=1)
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+class Serve:
+    def __init__(self, env: dict, log: Path):
+        self.env, self.log_path = env, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90) -> "Serve":
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([str(BIN / "lakehouse"), "serve", "--port", str(self.port), "--workers", "2"],
+                                     env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        query = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } repositoriesOrError { __typename } }"
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                data = requests.post(f"{self.url}/graphql", json={"query": query}, timeout=3).json()["data"]
+                healthy = {d["daemonType"]: d["healthy"] for d in data["instance"]["daemonHealth"]["allDaemonStatuses"]}
+                if healthy.get("BACKFILL") and healthy.get("QUEUED_RUN_COORDINATOR") and self.workers():
+                    return self
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"lakehouse serve not ready:\n{self.log()}")
+
+    def workers(self) -> list[psutil.Process]:
+        """The Celery worker main processes serve started."""
+        out = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if "celery" in " ".join(child.cmdline()):
+                    out.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self, timeout_s: float = 40) -> int:
+        """SIGTERM serve (it stops its children), then make sure nothing of its tree is left."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        _gone, alive = psutil.wait_procs(tree, timeout=5)
+        for p in alive:
+            p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        return code
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, s3_server):
+    if not service_reachable("127.0.0.1", 5672):
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
+    if not service_reachable("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import psycopg2
+    import uuid
+
+    base = tmp_path_factory.mktemp("serve")
+    db = f"lakehouse_serve_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{db}"')
+    source = SimulatedSource(outage_rate=0.0)
+    emulator = BinanceEmulator(source=source).start()
+    bucket = s3_server.new_bucket()
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_URL",)}
+    env.update(s3_server.env(bucket), DAGSTER_HOME=str(base / "home"), LAKEHOUSE_EXCHANGE="binance",
+               LAKEHOUSE_EXCHANGE_URL=emulator.url, LAKEHOUSE_POSTGRES_URL=f"postgresql://postgres@127.0.0.1:5432/{db}",
+               LAKEHOUSE_CELERY_BROKER_URL=BROKER, LAKEHOUSE_DAEMON_INTERVAL_S="1", LAKEHOUSE_REPAIR_INTERVAL_S="3600",
+               LAKEHOUSE_PROGRESS_INTERVAL_S="1")
+    _purge_queue(env)
+    serve = Serve(env, base / "serve.log")
+    try:
+        t0 = time.monotonic()
+        serve.start()
+        print(f"serve ready in {time.monotonic() - t0:.1f}s")
+        yield {"serve": serve, "env": env, "source": source, "emulator": emulator, "base": base, "db": db}
+    finally:
+        serve.stop()
+        emulator.stop()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+        _purge_queue(env)
+
+
+def _purge_queue(env):
+    """Leftover step messages of an earlier, killed test session must not reach these workers."""
+    subprocess.run([str(BIN / "celery"), "-A", "resources.celery_steps", "purge", "-f", "-Q", "dagster"],
+                   env=env, capture_output=True, timeout=60, cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def lakehouse(stack, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "lakehouse"), *args], env=stack["env"], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def s3_storage(stack) -> Storage:
+    os.environ.update({k: stack["env"][k] for k in ("LAKEHOUSE_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                    "AWS_SECRET_ACCESS_KEY", "AWS_REGION")})
+    return Storage(stack["env"]["LAKEHOUSE_ROOT"])
+
+
+def assert_equals_emulator(stack, symbol, days):
+    storage = s3_storage(stack)
+    for day in days:
+        df = storage.read_partition(RAW_OHLCV, "binance", symbol, day)
+        assert df is not None, f"{symbol} {day} missing"
+        stored = df.select(df.columns[:6]).with_columns(df["timestamp"].cast(int)).to_numpy().astype(float)
+        truth = np.asarray(stack["source"].candles(symbol, day_start_ms(day), day_start_ms(day) + DAY_MS), dtype=float)
+        np.testing.assert_array_equal(stored, truth[:, :6], err_msg=f"{symbol} {day}")
+
+
+def test_backfill_through_serve_on_celery_workers_equals_the_emulator(stack):
+    add = lakehouse(stack, "symbols", "add", "BTC/USDT", "--start", str(D1))
+    assert add.returncode == 0, add.stderr + add.stdout
+    t0 = time.monotonic()
+    result = lakehouse(stack, "backfill", "--url", stack["serve"].url, "--symbols", "BTC/USDT", "--start", str(D1),
+                       "--end", str(D1 + dt.timedelta(days=1)), "--assets", "raw_ohlcv", "--json")
+    assert result.returncode == 0, result.stderr + stack["serve"].log()
+    print(f"backfill in {time.monotonic() - t0:.1f}s")
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["materialized"] == 2
+    assert_equals_emulator(stack, "BTC/USDT", [D1, D1 + dt.timedelta(days=1)])
+    # The step ran on a Celery worker, not in the run's process.
+    with instance_of(stack) as instance:
+        run = instance.get_runs(limit=1)[0]
+        messages = [e.message or "" for e in instance.all_logs(run.run_id)]
+        assert any('Submitting celery task for step "raw_ohlcv"' in m for m in messages), messages
+
+
+def instance_of(stack):
+    from dagster import DagsterInstance
+
+    from cli.instance import ensure_dagster_home
+
+    os.environ["DAGSTER_HOME"] = stack["env"]["DAGSTER_HOME"]
+    os.environ["LAKEHOUSE_POSTGRES_URL"] = stack["env"]["LAKEHOUSE_POSTGRES_URL"]
+    ensure_dagster_home()
+    return DagsterInstance.get()
+
+
+def slots_in_use(stack) -> int:
+    with instance_of(stack) as instance:
+        info = instance.event_log_storage.get_concurrency_info("exchange")
+        return len(info.claimed_slots) + len(info.pending_steps) if hasattr(info, "pending_steps") else (
+            info.active_slot_count)
+
+
+def wait_for_step_start(stack, timeout_s=90) -> str:
+    """The id of the newest run once its raw_ohlcv step has started on a worker."""
+    from dagster import DagsterEventType
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with instance_of(stack) as instance:
+            runs = instance.get_runs(limit=1)
+            if runs:
+                events = instance.all_logs(runs[0].run_id, of_type=DagsterEventType.STEP_START)
+                if events:
+                    return runs[0].run_id
+        time.sleep(0.5)
+    raise AssertionError("no step started:\n" + stack["serve"].log())
+
+
+def test_repair_heals_a_deleted_object(stack):
+    storage = s3_storage(stack)
+    assert storage.delete_partition(RAW_OHLCV, "binance", "BTC/USDT", D1)
+    result = lakehouse(stack, "repair", "--url", stack["serve"].url, "--json")
+    assert result.returncode == 0, result.stderr + stack["serve"].log()
+    assert_equals_emulator(stack, "BTC/USDT", [D1])
+
+
+def test_a_worker_killed_mid_step_loses_nothing_and_frees_the_slot(stack):
+    serve = stack["serve"]
+    # One slow klines answer keeps the step busy long enough to kill its worker in the middle of it.
+    stack["emulator"].inject("timeout", count=1, delay=6)
+    launch = subprocess.Popen([str(BIN / "lakehouse"), "backfill", "--url", serve.url, "--symbols", "BTC/USDT",
+                               "--start", str(D2), "--end", str(D2), "--assets", "raw_ohlcv", "--json"],
+                              env=stack["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_step_start(stack)
+        killed = []
+        for worker in serve.workers():
+            for pool_child in worker.children():  # the prefork process that executes the step
+                pool_child.kill()
+                killed.append(pool_child.pid)
+        assert killed
+        out, err = launch.communicate(timeout=150)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait()
+    assert launch.returncode == 0, err + serve.log()
+    assert json.loads(out)["counts"]["materialized"] == 1
+    assert_equals_emulator(stack, "BTC/USDT", [D2])
+    assert "WorkerLostError" in serve.log() or "SIGKILL" in serve.log() or killed
+    assert slots_in_use(stack) == 0
+
+
+def test_webserver_and_daemon_restarted_mid_backfill_and_the_backfill_completes(stack):
+    serve = stack["serve"]
+    for day in (D1, D2):
+        s3_storage(stack).delete_partition(RAW_OHLCV, "binance", "BTC/USDT", day)
+    stack["emulator"].inject("timeout", count=1, delay=6)
+    launched = lakehouse(stack, "backfill", "--url", serve.url, "--symbols", "BTC/USDT", "--start", str(D1),
+                         "--end", str(D2), "--assets", "raw_ohlcv", "--no-wait", "--json")
+    assert launched.returncode == 0, launched.stderr
+    backfill_id = json.loads(launched.stdout)["backfill_id"]
+    wait_for_step_start(stack)
+    assert serve.stop() == 0  # SIGTERM: serve stops its webserver, daemon, workers (and their runs) and exits 0
+    serve.start()
+    deadline = time.monotonic() + 150
+    status = None
+    while time.monotonic() < deadline:
+        with instance_of(stack) as instance:
+            status = instance.get_backfill(backfill_id).status.value
+        if status.startswith("COMPLETED") or status in ("FAILED", "CANCELED"):
+            break
+        time.sleep(1)
+    assert status == "COMPLETED_SUCCESS", f"{status}\n{serve.log()}"
+    assert_equals_emulator(stack, "BTC/USDT", [D1, D2])
+    assert slots_in_use(stack) == 0

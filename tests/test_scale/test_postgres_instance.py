@@ -69,3 +69,24 @@ def test_a_malformed_postgres_or_broker_url_is_refused_without_echoing_it(monkey
     monkeypatch.setenv("LAKEHOUSE_CELERY_BROKER_URL", "http://guest:s3cret@127.0.0.1:5672")
     out = CliRunner().invoke(cli, ["query", "select 1"])
     assert out.exit_code == 2 and "LAKEHOUSE_CELERY_BROKER_URL" in out.output and "s3cret" not in out.output
+
+
+def test_the_deploy_instance_yaml_runs_on_postgres_with_the_exchange_pool(postgres_url, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from cli.instance import PROJECT_ROOT
+
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
+    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+    finally:
+        instance.dispose()
+    compose = yaml.safe_load((PROJECT_ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert {"webserver", "daemon", "worker", "postgres", "rabbitmq", "minio"} <= set(compose["services"])
+    values = yaml.safe_load((PROJECT_ROOT / "deploy" / "helm" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"

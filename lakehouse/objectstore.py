@@ -225,19 +225,26 @@ class ObjectStorage(Storage):
     def _fail(self, exc: BaseException, what: str) -> StorageError:
         return explain(exc, self.loc) or StorageError(f"{what} failed on {self.loc.url}: {_short(exc)}")
 
-    def _get(self, key: str, with_meta: bool = False):
-        import obstore
-
+    def _read(self, key: str, call):
+        """call(store, key) or None when the key does not exist; a missing bucket is an error, not a miss."""
         try:
-            result = obstore.get(self._store, key)
-            body = bytes(result.bytes())
+            return call(self._store, key)
         except FileNotFoundError as exc:
             if "NoSuchBucket" in str(exc):
                 raise self._fail(exc, f"reading {key}") from None
             return None
         except Exception as exc:
             raise self._fail(exc, f"reading {key}") from None
-        return (body, result.meta) if with_meta else body
+
+    def _get(self, key: str, with_meta: bool = False):
+        import obstore
+
+        def get(store, k):
+            result = obstore.get(store, k)
+            body = bytes(result.bytes())
+            return (body, result.meta) if with_meta else body
+
+        return self._read(key, get)
 
     def _put(self, key: str, body: bytes, mode=None) -> None:
         import obstore
@@ -251,14 +258,7 @@ class ObjectStorage(Storage):
     def _head(self, key: str) -> dict | None:
         import obstore
 
-        try:
-            return obstore.head(self._store, key)
-        except FileNotFoundError as exc:
-            if "NoSuchBucket" in str(exc):
-                raise self._fail(exc, f"reading {key}") from None
-            return None
-        except Exception as exc:
-            raise self._fail(exc, f"reading {key}") from None
+        return self._read(key, obstore.head)
 
     def _list(self, prefix: str) -> Iterator[dict]:
         import obstore

@@ -200,12 +200,12 @@ def wait_for_step_start(stack, before: set[str], timeout_s=120) -> str:
 
 def test_a_backfill_survives_a_webserver_and_daemon_restart_runs_on_celery_and_equals_the_emulator(stack):
     serve = stack["serve"]
-    add = lakehouse(stack, "symbols", "add", "BTC/USDT", "--start", str(D1))
+    add = lakehouse(stack, "symbols", "add", "BTC/USDT", "ETH/USDT", "--start", str(D1))
     assert add.returncode == 0, add.stderr + add.stdout
     # One slow klines answer keeps the first run busy while the deployment restarts under it.
     stack["emulator"].inject("timeout", count=1, delay=6)
     before = run_ids(stack)
-    launched = lakehouse(stack, "backfill", "--url", serve.url, "--symbols", "BTC/USDT", "--start", str(D1),
+    launched = lakehouse(stack, "backfill", "--url", serve.url, "--symbols", "BTC/USDT,ETH/USDT", "--start", str(D1),
                          "--end", str(D2), "--assets", "raw_ohlcv", "--no-wait", "--json")
     assert launched.returncode == 0, launched.stderr
     backfill_id = json.loads(launched.stdout)["backfill_id"]
@@ -222,13 +222,22 @@ def test_a_backfill_survives_a_webserver_and_daemon_restart_runs_on_celery_and_e
         time.sleep(1)
     assert status == "COMPLETED_SUCCESS", f"{status}\n{serve.log()}"
     assert_equals_emulator(stack, "BTC/USDT", [D1, D2])
+    assert_equals_emulator(stack, "ETH/USDT", [D1, D2])
     assert slots_in_use(stack) == 0
-    # The steps ran on Celery workers, not in the runs' own processes.
     with instance_of(stack) as instance:
-        run = instance.get_runs(limit=1)[0]
-        assert run.is_success
-        messages = [e.message or "" for e in instance.all_logs(run.run_id)]
-        assert any('Submitting celery task for step "raw_ohlcv"' in m for m in messages), messages
+        runs = [r for r in instance.get_runs() if r.run_id not in before and r.is_success]
+        assert len(runs) == 2  # one per symbol (the interrupted one was retried)
+        spans = []
+        for run in runs:
+            logs = instance.all_logs(run.run_id)
+            # The steps ran on Celery workers, not in the runs' own processes...
+            assert any('Submitting celery task for step "raw_ohlcv"' in (e.message or "") for e in logs)
+            times = {e.dagster_event.event_type_value: e.timestamp for e in logs
+                     if e.dagster_event and e.step_key == "raw_ohlcv"}
+            spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+        # ...and the two runs' exchange steps never overlapped, though two workers were free: the pool held.
+        (a0, a1), (b0, b1) = sorted(spans)
+        assert a1 <= b0, spans
 
 
 def test_repair_heals_a_deleted_object_even_when_its_worker_is_killed_mid_step(stack):

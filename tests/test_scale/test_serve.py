@@ -76,21 +76,27 @@ class Serve:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
-    def stop(self, timeout_s: float = 40) -> int:
-        """SIGTERM serve (it stops its children), then make sure nothing of its tree is left."""
+    def stop(self, timeout_s: float = 40) -> tuple[int | None, list[str]]:
+        """SIGTERM serve (it stops its children): its exit code and what of its process tree outlived it
+        (killed here by PID so nothing leaks into later tests)."""
         if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
+            return (self.proc.returncode if self.proc else 0), []
         tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             code = None
-        _gone, alive = psutil.wait_procs(tree, timeout=5)
+        _gone, alive = psutil.wait_procs(tree, timeout=2)
+        leftover = []
         for p in alive:
-            p.kill()
+            try:
+                leftover.append(" ".join(p.cmdline())[:120])
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         psutil.wait_procs(alive, timeout=5)
-        return code
+        return code, leftover
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +216,8 @@ def test_a_backfill_survives_a_webserver_and_daemon_restart_runs_on_celery_and_e
     assert launched.returncode == 0, launched.stderr
     backfill_id = json.loads(launched.stdout)["backfill_id"]
     wait_for_step_start(stack, before)
-    assert serve.stop() == 0  # SIGTERM: serve stops its webserver, daemon, workers (and their runs), exit 0
+    # SIGTERM: serve stops its webserver, daemon, workers (and their runs) and exits 0, leaving no process.
+    assert serve.stop() == (0, [])
     serve.start()
     deadline = time.monotonic() + 180
     status = None

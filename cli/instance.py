@@ -53,6 +53,11 @@ def instance_yaml(postgres_url: str | None) -> str:
         return base
     return (f"{GENERATED_MARKER} from dagster.yaml because {POSTGRES_ENV} is set; edits are overwritten.\n"
             f"{base.rstrip()}\n\n"
+            "# A run whose launch never completed is failed after 3 minutes (and retried by run_retries).\n"
+            "run_monitoring:\n"
+            "  enabled: true\n"
+            "  start_timeout_seconds: 180\n"
+            "  max_resume_run_attempts: 0\n\n"
             "# Runs, event log and schedules in PostgreSQL: any machine with the same settings sees one instance.\n"
             "storage:\n"
             "  postgres:\n"

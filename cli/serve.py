@@ -93,6 +93,25 @@ class Children:
                 return name, proc.returncode
         return None
 
+    def group_pids(self) -> set[int]:
+        """Every live process in the children's process groups (run workers included), from /proc."""
+        groups = {proc.pid for _, proc in self.procs}
+        pids = set()
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return pids
+        for entry in entries:
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) in groups:  # fields after "(comm)": state, ppid, pgrp, ...
+                    pids.add(int(entry))
+        return pids
+
     def stop(self) -> None:
         for name, proc in reversed(self.procs):
             self._signal(proc, signal.SIGTERM)
@@ -112,6 +131,37 @@ class Children:
             os.killpg(proc.pid, sig)  # the group we created for this child: never anything else
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def fail_interrupted_runs(pids: set[int]) -> None:
+    """Mark failed the runs whose process was one of ours and is now gone, and free their pool slots.
+
+    A run's process is a child of the daemon's (or webserver's) code server; stopping serve ends it, often
+    before it can record anything, and Dagster's run monitoring cannot check such processes. Left alone the
+    run would stay STARTED, its backfill would never finish and its `exchange` slot would stay taken.
+    Reported as a failure, `run_retries` reruns it on the next start.
+    """
+    if not pids:
+        return
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+    with DagsterInstance.get() as instance:
+        active = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
+                                                        DagsterRunStatus.CANCELING]))
+        for run in active:
+            records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+            run_pid = None
+            for record in records:
+                entry = record.event_log_entry
+                if (entry.message or "").startswith("Started process for run"):
+                    meta = entry.dagster_event.engine_event_data.metadata if entry.dagster_event else {}
+                    value = getattr(meta.get("pid"), "value", meta.get("pid"))
+                    run_pid = int(value) if str(value).isdigit() else None
+            if run_pid in pids:
+                instance.report_run_failed(
+                    run, f"lakehouse serve stopped while this run was in progress (its process {run_pid} ended)")
+                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+                click.echo(f"run {run.run_id} was interrupted by the stop: marked failed (it is retried)")
 
 
 def _wait_ready(host: str, port: int, children: Children, stopping) -> bool:
@@ -218,5 +268,10 @@ def serve(host, port, workers):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         click.echo("stopping: " + ", ".join(n for n, _ in children.procs))
+        ours = children.group_pids()
         children.stop()
+        try:
+            fail_interrupted_runs(ours)
+        except Exception as exc:  # the instance may be what failed; the stop itself succeeded
+            click.echo(f"could not check for interrupted runs: {exc.__class__.__name__}: {str(exc)[:200]}", err=True)
     sys.exit(code)

@@ -46,7 +46,7 @@ def _materialize(root, instance):
     return result
 
 
-def test_every_layer_round_trips_through_the_object_store_like_a_local_folder(s3_env, root, instance):
+def test_every_layer_and_the_audit_work_on_the_object_store_like_on_a_local_folder(s3_env, root, instance):
     add_symbols(instance, "BTC/USDT")
     s3 = Storage(s3_env["LAKEHOUSE_ROOT"])
     assert isinstance(s3, ObjectStorage)
@@ -79,11 +79,11 @@ def test_every_layer_round_trips_through_the_object_store_like_a_local_folder(s3
                                    "--format", "csv"])
     assert out.exit_code == 0 and out.output.splitlines() == ["n", "2"], out.output
 
+    # The audit of the same bucket (one materialization serves both halves: they are slow).
+    _audit_uses_listings_and_sees_deleted_and_rewritten_objects(s3)
 
-def test_the_audit_uses_listings_and_sees_deleted_and_rewritten_objects(s3_env, instance):
-    s3 = Storage(s3_env["LAKEHOUSE_ROOT"])
-    add_symbols(instance, "BTC/USDT")
-    _materialize(s3.root, instance)
+
+def _audit_uses_listings_and_sees_deleted_and_rewritten_objects(s3):
     tracked = [TrackedSymbol("BTC/USDT", EX, D1, dt.date(2017, 8, 17), "")]
     closed = lambda audit: [(f.layer, str(f.day), f.state) for f in audit.findings if f.day < D1 + dt.timedelta(days=2)]  # noqa: E731
 

@@ -143,7 +143,7 @@ def fail_interrupted_runs(pids: set[int]) -> None:
     """
     if not pids:
         return
-    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
     with DagsterInstance.get() as instance:
         active = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
@@ -157,11 +157,35 @@ def fail_interrupted_runs(pids: set[int]) -> None:
                     meta = entry.dagster_event.engine_event_data.metadata if entry.dagster_event else {}
                     value = getattr(meta.get("pid"), "value", meta.get("pid"))
                     run_pid = int(value) if str(value).isdigit() else None
-            if run_pid in pids:
+            if run_pid not in pids:
+                continue
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            if _all_steps_done(instance, run):
+                # Its steps finished on the workers (a worker finishes its step before it stops); only the
+                # run's own process ended early. Failing it would fail its backfill: nothing is left to retry.
+                instance.report_dagster_event(
+                    DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name,
+                                 message="every step had finished when lakehouse serve stopped the run's process"),
+                    run_id=run.run_id)
+                click.echo(f"run {run.run_id}: every step had finished before the stop: marked succeeded")
+            else:
                 instance.report_run_failed(
                     run, f"lakehouse serve stopped while this run was in progress (its process {run_pid} ended)")
-                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-                click.echo(f"run {run.run_id} was interrupted by the stop: marked failed (it is retried)")
+                click.echo(f"run {run.run_id} was interrupted by the stop: marked failed (run_retries reruns it)")
+
+
+def _all_steps_done(instance, run) -> bool:
+    """Whether every step of the run's plan succeeded or was skipped."""
+    from dagster import DagsterEventType
+
+    if not run.execution_plan_snapshot_id:
+        return False
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    wanted = set(plan.step_keys_to_execute or [step.key for step in plan.steps])
+    done = set()
+    for kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_SKIPPED):
+        done |= {r.event_log_entry.step_key for r in instance.get_records_for_run(run.run_id, of_type=kind).records}
+    return bool(wanted) and wanted <= done
 
 
 def _wait_ready(host: str, port: int, children: Children, stopping) -> bool:

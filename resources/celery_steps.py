@@ -49,6 +49,34 @@ def build_executor(settings: Settings):
     return celery_executor.configured(config, name="lakehouse_celery")
 
 
+def _guarded_task_base():
+    """A Celery task base that drops a step whose run has already finished.
+
+    A step message re-queued after its worker died can outlive its run: `lakehouse serve` marks a run it
+    interrupted as failed and `run_retries` reruns it, so executing the old message would write events into a
+    finished run (and make the retry think nothing is left to do). Such a step is skipped and logged.
+    """
+    from celery import Task
+
+    class GuardedStepTask(Task):
+        def __call__(self, execute_step_args_packed, executable_dict):
+            from dagster import DagsterInstance
+            from dagster._grpc.types import ExecuteStepArgs
+            from dagster_shared.serdes import unpack_value
+
+            args = unpack_value(execute_step_args_packed, as_type=ExecuteStepArgs)
+            with DagsterInstance.from_ref(args.instance_ref) as instance:
+                run = instance.get_run_by_id(args.run_id)
+                if run is None or run.is_finished:
+                    status = run.status.value if run else "deleted"
+                    print(f"skipping steps {args.step_keys_to_execute} of run {args.run_id}: the run is {status}",
+                          flush=True)
+                    return []
+            return super().__call__(execute_step_args_packed, executable_dict)
+
+    return GuardedStepTask
+
+
 def _worker_app():
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_execute_job_task, create_resume_job_task, create_task
@@ -60,7 +88,7 @@ def _worker_app():
     app_ = make_app({"broker": cfg["broker"], "backend": cfg["backend"], "include": None,
                      "config_source": cfg["config_source"]})
     app_.conf.update(cfg["config_source"])
-    return app_, create_task(app_), create_execute_job_task(app_), create_resume_job_task(app_)
+    return app_, create_task(app_, base=_guarded_task_base()), create_execute_job_task(app_), create_resume_job_task(app_)
 
 
 def __getattr__(name: str):

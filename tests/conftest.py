@@ -55,7 +55,8 @@ def _isolated_env(monkeypatch, tmp_path):
     """No test reads the developer's data folder or Dagster home by accident."""
     monkeypatch.setenv("LAKEHOUSE_ROOT", str(tmp_path / "lake"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home_env"))
-    for var in ("LAKEHOUSE_EXCHANGE", "LAKEHOUSE_EXCHANGE_URL", "DAGSTER_URL"):
+    for var in ("LAKEHOUSE_EXCHANGE", "LAKEHOUSE_EXCHANGE_URL", "DAGSTER_URL", "LAKEHOUSE_POSTGRES_URL",
+                "LAKEHOUSE_CELERY_BROKER_URL", "LAKEHOUSE_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     os.makedirs(tmp_path / "dagster_home_env", exist_ok=True)
 

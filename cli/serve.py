@@ -276,6 +276,9 @@ def serve(host, port, workers):
                    f"Step queue: {'Celery, ' + str(workers) + ' local worker(s)' if s.celery_broker_url else 'in the run process'}")
         if _wait_ready(host, port, children, lambda: stopping["signal"] is not None):
             click.echo(f"Dagster UI: http://{host}:{port} (Ctrl-C stops everything)")
+        elif stopping["signal"] is None and not children.exited():
+            click.echo(f"the webserver has not answered in {READY_TIMEOUT_S:.0f}s; still running, check its output",
+                       err=True)
         restarts = 0
         while stopping["signal"] is None:
             dead = children.exited()

@@ -8,6 +8,7 @@ from assets.derived import DERIVED_ASSETS
 from assets.raw import raw_ohlcv
 from lakehouse.config import Settings
 from resources import LakehouseResource, exchange_resource
+from resources.celery_steps import build_executor
 
 
 def build_resources(settings: Settings | None = None) -> dict:
@@ -15,13 +16,16 @@ def build_resources(settings: Settings | None = None) -> dict:
     settings = settings or Settings.from_env()
     return {
         "exchange": exchange_resource(settings),
-        "lakehouse": LakehouseResource(root=str(settings.root_path.resolve())),
+        "lakehouse": LakehouseResource(root=settings.root_location),
     }
 
 
+_settings = Settings.from_env()
 defs = Definitions(
     assets=[raw_ohlcv, *DERIVED_ASSETS],
-    resources=build_resources(),
+    resources=build_resources(_settings),
+    # LAKEHOUSE_CELERY_BROKER_URL: steps of launched runs go to Celery workers (README "Deployment").
+    executor=build_executor(_settings),
 )
 
 # The repair sensor targets whatever partitioned assets are defined above, so new layers join it as they land.

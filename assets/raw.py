@@ -46,8 +46,8 @@ def _resume_filter(context: AssetExecutionContext, storage, exchange_id: str):
     def keep(symbol: str, day: dt.date) -> bool:
         if started_ns is None or day >= today:
             return False
-        path = storage.partition_path(RAW_OHLCV, exchange_id, symbol, day)
-        return path.exists() and path.stat().st_mtime_ns >= started_ns
+        modified_ns = storage.partition_modified_ns(RAW_OHLCV, exchange_id, symbol, day)
+        return modified_ns is not None and modified_ns >= started_ns
 
     return keep
 

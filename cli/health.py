@@ -31,7 +31,7 @@ def _common(s: Settings) -> list[h.Component]:
     """What this machine checks itself, in either mode: the exchange, the disk, the notification channel."""
     return [
         h.exchange_component(s),
-        h.disk_component(s.root_path),
+        h.disk_component(s.root_location),
         h.notifications_component(s, DeliveryLog(Storage(s.root)).last()),
     ]
 

@@ -378,6 +378,8 @@ def query(sql, fmt):
         df = run_query(Storage(settings().root), sql)
     except duckdb.Error as exc:
         raise UsageFailure(f"query failed: {exc}") from None
+    except UserInputError as exc:  # e.g. an s3:// root whose bucket does not exist
+        raise UsageFailure(str(exc)) from None
     if fmt == "csv":
         click.echo(df.write_csv(), nl=False)
     elif fmt == "json":
@@ -406,7 +408,7 @@ def dev(host, port, demo):
 
     s = settings()
     home = ensure_dagster_home()
-    os.environ.setdefault("LAKEHOUSE_ROOT", str(s.root_path.resolve()))
+    os.environ.setdefault("LAKEHOUSE_ROOT", s.root_location)
     instance = get_instance()
     if demo and not instance.get_dynamic_partitions(SYMBOLS_PARTITION):
         start = utc_today() - dt.timedelta(days=DEMO_DAYS - 1)
@@ -436,3 +438,6 @@ cli.add_command(health)
 from .api_cmd import api  # noqa: E402  (its own module: imports nothing heavy until run)
 
 cli.add_command(api)
+from .serve import serve  # noqa: E402  (click and the standard library only: nothing heavy at import)
+
+cli.add_command(serve)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from .schema import LAYERS, UNPARTITIONED_LAYERS
-from .storage import PART_FILE, Storage
+from .storage import Storage
 
 _DUCK_TYPES = {"Float64": "DOUBLE", "String": "VARCHAR", "Int64": "BIGINT", "Int32": "INTEGER",
                "Int8": "TINYINT", "Boolean": "BOOLEAN", "Date": "DATE"}
@@ -21,16 +21,21 @@ def connect(storage: Storage) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per layer (an empty typed view for a layer with no files)."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    attach_object_store(con, storage)
     for layer, schema in LAYERS.items():
         con.execute(f"CREATE OR REPLACE VIEW {layer} AS {layer_sql(storage, layer, schema)}")
     return con
 
 
+def attach_object_store(con: duckdb.DuckDBPyConnection, storage: Storage) -> None:
+    """For an s3:// lakehouse: load httpfs from its PyPI wheel and add a temporary S3 secret (no-op for files)."""
+    storage.attach_duckdb(con)
+
+
 def layer_sql(storage: Storage, layer: str, schema: dict) -> str:
     if layer in UNPARTITIONED_LAYERS:
         return _table_sql(storage, layer, schema)
-    layer_dir = storage.root / layer
-    if layer_dir.exists() and any(layer_dir.glob(f"exchange=*/symbol=*/date=*/{PART_FILE}")):
+    if storage.has_partitions(layer):
         src = (f"read_parquet('{storage.glob(layer)}', hive_partitioning = true, union_by_name = true, "
                f"hive_types = {{'date': DATE}})")
         # The path's symbol=BTC-USDT is the encoded form; the file column holds the unified BTC/USDT,
@@ -48,7 +53,7 @@ def layer_sql(storage: Storage, layer: str, schema: dict) -> str:
 def _table_sql(storage: Storage, layer: str, schema: dict) -> str:
     """An unpartitioned layer (scores) is one file with no path columns: its view has no `date`."""
     path = storage.table_path(layer)
-    if path.exists():
+    if storage.table_exists(layer):
         select = ", ".join(f'"{c}"' for c in schema)
         return f"SELECT {select} FROM read_parquet('{path}')"
     typed = ", ".join(f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in schema.items())

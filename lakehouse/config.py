@@ -55,6 +55,22 @@ def _archive_url(env: Mapping[str, str], exchange: str, exchange_url: str | None
     return ARCHIVE_DEFAULTS.get(exchange)
 
 
+def _service_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], example: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme.split("+")[0] not in schemes or not parts.hostname:
+        # The value may hold a password: name the setting and the expected form, never echo it.
+        raise ConfigError(f"{name} must be a URL such as {example} (scheme {parts.scheme or 'missing'!r} "
+                          f"is not one of {', '.join(schemes)})")
+    try:
+        parts.port  # noqa: B018
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port; use e.g. {example}") from None
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every knob of the lakehouse; README's "Configuration" table documents each one."""
@@ -80,6 +96,10 @@ class Settings:
     fetch_concurrency: int = 4
     # Where closed days are downloaded as verified bulk files instead of REST pages; None: REST only.
     archive_url: str | None = None
+    # Scale-out (README "Deployment"): a Postgres instance and steps on Celery workers; unset = embedded SQLite
+    # and steps in the run's own process.
+    postgres_url: str | None = None
+    celery_broker_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -97,8 +117,21 @@ class Settings:
             history_day = parse_day(history_start, "LAKEHOUSE_HISTORY_START") if history_start else cls.history_start
         except UserInputError as exc:
             raise ConfigError(str(exc)) from None
+        root = (env.get("LAKEHOUSE_ROOT") or cls.root).strip()
+        if root.startswith("s3://"):
+            from .objectstore import parse_location
+
+            parse_location(root, env)  # a bad bucket or endpoint fails here, naming the setting
+        elif "://" in root:
+            raise ConfigError(f"LAKEHOUSE_ROOT={root[:80]!r}: only local folders and s3://bucket/prefix are supported")
+        postgres_url = _service_url(env, "LAKEHOUSE_POSTGRES_URL", ("postgresql", "postgres"),
+                                    "postgresql://postgres@127.0.0.1:5432/lakehouse")
+        broker = _service_url(env, "LAKEHOUSE_CELERY_BROKER_URL", ("amqp", "pyamqp", "redis", "rediss"),
+                              "amqp://guest:guest@127.0.0.1:5672//")
         return cls(
-            root=env.get("LAKEHOUSE_ROOT") or cls.root,
+            postgres_url=postgres_url,
+            celery_broker_url=broker,
+            root=root,
             exchange=exchange,
             exchange_url=url,
             request_timeout_s=_float(env, "LAKEHOUSE_TIMEOUT_S", cls.request_timeout_s, 0.1),
@@ -121,3 +154,8 @@ class Settings:
     @property
     def root_path(self) -> Path:
         return Path(self.root)
+
+    @property
+    def root_location(self) -> str:
+        """LAKEHOUSE_ROOT as every process should see it: an absolute folder, or the s3:// URL unchanged."""
+        return self.root if self.root.startswith("s3://") else str(Path(self.root).expanduser().resolve())

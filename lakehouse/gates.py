@@ -6,7 +6,7 @@ checks' outcomes here, day by day, and a derived asset refuses to read an upstre
 blocking check failed. The audit reads the same record to classify such a partition as invalid.
 
 One small JSON document per (layer, exchange, symbol) under {root}/_meta/checks/, written atomically under a
-file lock, so concurrent runs of one symbol cannot lose each other's outcomes:
+file lock (a conditional PUT on an object store), so concurrent runs of one symbol cannot lose each other's outcomes:
 
     {"days": {"2024-01-02": {"ohlc_sanity": {"passed": false, "blocking": true, "at": "...", "run_id": "..."}}}}
 
@@ -15,13 +15,11 @@ A partition with no record (written before checks existed) counts as not failed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import json
 import re
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 from .errors import StorageError
 from .storage import Storage
@@ -53,19 +51,10 @@ class Gates:
         self.storage._layer_dir(layer)  # refuses an unknown layer
         return f"{CHECKS_DIR}/{layer}/exchange={exchange}/symbol={encode_symbol(symbol)}.json"
 
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        lock_path = self.storage.meta_path(name + ".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
     def _load(self, name: str, strict: bool = True) -> dict:
-        body = self.storage.read_meta(name)
+        return self._parse(name, self.storage.read_meta(name), strict)
+
+    def _parse(self, name: str, body: bytes | None, strict: bool = True) -> dict:
         if body is None:
             return {"days": {}}
         try:
@@ -99,15 +88,20 @@ class Gates:
         blocking = set(blocking)
         at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         name = self._name(layer, exchange, symbol)
-        with self._locked(name):
-            doc = self._load(name, strict=False)
+        days = {parse_day(day).isoformat(): checks for day, checks in outcomes.items()}
+
+        def change(body: bytes | None) -> bytes:
+            doc = self._parse(name, body, strict=False)
             doc.update(layer=layer, exchange=exchange, symbol=symbol)
-            for day, checks in outcomes.items():
-                entry = doc["days"].setdefault(parse_day(day).isoformat(), {})
+            for iso, checks in days.items():
+                entry = doc["days"].setdefault(iso, {})
                 for check, passed in checks.items():
                     entry[check] = {"passed": bool(passed), "blocking": check in blocking, "at": at, "run_id": run_id}
             doc["days"] = dict(sorted(doc["days"].items()))
-            self.storage.write_meta(name, json.dumps(doc, separators=(",", ":")).encode())
+            return json.dumps(doc, separators=(",", ":")).encode()
+
+        # Locked (files) or conditional (objects): concurrent runs of one symbol cannot lose each other's outcomes.
+        self.storage.update_meta(name, change)
 
     def record_check(
         self, layer: str, exchange: str, symbol: str, day: dt.date | str, check: str, passed: bool,

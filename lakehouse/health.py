@@ -239,8 +239,10 @@ def exchange_component(settings: Settings, timeout_s: float = 5.0) -> Component:
     return Component(EXCHANGE, DEGRADED if headroom < WEIGHT_HEADROOM_DEGRADED else OK, text, details)
 
 
-def disk_component(root: Path) -> Component:
-    """Bytes under LAKEHOUSE_ROOT and the free space of its file system."""
+def disk_component(root: Path | str) -> Component:
+    """Bytes under LAKEHOUSE_ROOT and the free space of its file system (or the bucket's reachability)."""
+    if str(root).startswith("s3://"):
+        return object_store_component(str(root))
     root = Path(root)
     where = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), Path("/"))
     details: dict = {"root": str(root.absolute())}
@@ -261,6 +263,20 @@ def disk_component(root: Path) -> Component:
     if state == OK and unreadable:
         state, why = DEGRADED, f"{len(unreadable)} folder(s) unreadable, e.g. {unreadable[0]}"
     return Component(DISK, state, f"{text}: {why}" if why else text, details)
+
+
+def object_store_component(root: str) -> Component:
+    """An s3:// lakehouse: whether the bucket lists, and the bytes under the prefix (no free-space notion)."""
+    from .errors import StorageError
+    from .storage import Storage
+
+    details: dict = {"root": root}
+    try:
+        used = Storage(root).disk_usage_bytes()
+    except StorageError as exc:
+        return Component(DISK, DOWN, str(exc), details)
+    details.update(used_bytes=used)
+    return Component(DISK, OK, f"{human_bytes(used)} under {root}", details)
 
 
 def disk_verdict(free: int, total: int) -> tuple[str, str | None]:

@@ -24,7 +24,7 @@ import polars as pl
 
 from .errors import CorruptPartitionError
 from .schema import LAYERS, RAW_OHLCV
-from .storage import PART_FILE, Storage
+from .storage import Storage
 from .symbols import encode_symbol
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms
 
@@ -32,9 +32,9 @@ MANIFEST_DIR = "audit/manifest"
 VERSION = 2  # 2: raw duplicates / misaligned rows are data, not errors
 
 # Entry fields, kept as a plain list: a warm audit touches tens of thousands of them.
-SIZE, MTIME, ROWS, FIRST, LAST, GAPS, ERROR = range(7)
+SIZE, MTIME, ROWS, FIRST, LAST, GAPS, ERROR, ETAG = range(8)  # ETAG: object stores only (Storage.stat_days)
 
-Stat = tuple[int, int]  # (size, mtime_ns)
+Stat = tuple[int, ...]  # (size, mtime_ns) for files; (size, last_modified_ns, etag digest) for objects
 _CHUNK = 64  # files summarized between two looks at the deadline
 
 
@@ -115,18 +115,19 @@ class Manifest:
         counted in `unread`, so a cold audit spreads over several sensor ticks instead of timing one out.
         """
         cached = self.load(layer, exchange, symbol)
-        stale = [d for d, st in stats.items() if (e := cached.get(d)) is None or e[SIZE] != st[0] or e[MTIME] != st[1]]
+        stale = [d for d, st in stats.items() if (e := cached.get(d)) is None or e[SIZE] != st[0] or e[MTIME] != st[1]
+                 or e[ETAG:] != list(st[2:])]
         gone = [d for d in cached if d not in stats]
         for d in gone:
             del cached[d]
         done = 0
         if stale:
-            base = os.path.join(self.storage.symbol_dir(layer, exchange, symbol), "date=")
+            locate = self.storage.day_locator(layer, exchange, symbol)
             for i in range(0, len(stale), _CHUNK):
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 chunk = stale[i:i + _CHUNK]
-                for day, entry in zip(chunk, self._summarize_many(layer, base, chunk, stats)):
+                for day, entry in zip(chunk, self._summarize_many(layer, locate, chunk, stats)):
                     cached[day] = entry
                 done += len(chunk)
             for d in stale[done:]:
@@ -136,11 +137,11 @@ class Manifest:
             self.save(layer, exchange, symbol, dict(sorted(cached.items())))
         return cached
 
-    def _summarize_many(self, layer: str, base: str, days: list[str], stats: dict[str, Stat]) -> list[list]:
+    def _summarize_many(self, layer: str, locate, days: list[str], stats: dict[str, Stat]) -> list[list]:
         self.files_read += len(days)
 
         def one(day: str) -> list:
-            return summarize(self.storage, layer, day, f"{base}{day}{os.sep}{PART_FILE}", stats[day])
+            return summarize(self.storage, layer, day, locate(day), stats[day]) + list(stats[day][2:])
 
         if len(days) < 8 or self.workers == 1:
             return [one(d) for d in days]

@@ -19,6 +19,7 @@ import time
 import urllib.parse
 from typing import Callable, Sequence
 
+from .errors import StorageError
 from .storage import Storage
 
 FAIL, WARN = "FAIL", "WARN"
@@ -126,7 +127,7 @@ class DeliveryLog:
         try:
             raw = self.storage.read_meta(DELIVERY_LOG)
             value = json.loads(raw) if raw else []
-        except (OSError, ValueError):
+        except (OSError, ValueError, StorageError):
             return []
         return value if isinstance(value, list) else []
 
@@ -134,11 +135,18 @@ class DeliveryLog:
         """Append one delivery; a failure to write is swallowed like a failure to send."""
         entry = {**delivery.as_dict(), "kind": notification.kind, "severity": notification.severity,
                  "title": notification.title}
+        def change(body: bytes | None) -> bytes:
+            try:
+                entries = json.loads(body) if body else []
+            except ValueError:
+                entries = []
+            entries = (entries if isinstance(entries, list) else []) + [entry]
+            return json.dumps(entries[-KEEP_DELIVERIES:], indent=1).encode()
+
         try:
-            with self._lock:
-                entries = (self.load() + [entry])[-KEEP_DELIVERIES:]
-                self.storage.write_meta(DELIVERY_LOG, json.dumps(entries, indent=1).encode())
-        except OSError:
+            with self._lock:  # the sensor daemon runs sensors in threads; update_meta serializes processes
+                self.storage.update_meta(DELIVERY_LOG, change)
+        except (OSError, StorageError):
             pass
 
     def last(self) -> dict | None:

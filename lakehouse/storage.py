@@ -2,16 +2,20 @@
 
 Layout (Hive-style, so DuckDB and polars can prune by path):
     {root}/{layer}/exchange={exchange}/symbol={BASE-QUOTE}/date={YYYY-MM-DD}/part.parquet
+
+The root is a local folder (`Storage`) or an object-store URL `s3://bucket/prefix` (`Storage(...)` then returns
+an `ObjectStorage`, lakehouse/objectstore.py): callers use the methods below and never touch paths themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import polars as pl
 
@@ -43,6 +47,13 @@ class PartitionStat:
 
 class Storage:
     """A lakehouse rooted at a local folder; the only module that touches partition files."""
+
+    def __new__(cls, root: str | os.PathLike | None = None, *args, **kwargs):
+        if cls is Storage and str(root).startswith("s3://"):
+            from .objectstore import ObjectStorage
+
+            return super().__new__(ObjectStorage)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
@@ -87,6 +98,22 @@ class Storage:
         except FileNotFoundError:
             return False
 
+    def partition_modified_ns(self, layer: str, exchange: str, symbol: str, day: dt.date) -> int | None:
+        """When the partition's file was last written (ns since the epoch), or None when it does not exist."""
+        try:
+            return self.partition_path(layer, exchange, symbol, day).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def has_partitions(self, layer: str) -> bool:
+        """Whether the layer holds at least one partition file."""
+        return next(iter(self._layer_dir(layer).glob(f"exchange=*/symbol=*/date=*/{PART_FILE}")), None) is not None
+
+    def day_locator(self, layer: str, exchange: str, symbol: str) -> Callable[[str], str]:
+        """day ('YYYY-MM-DD') -> the location read_stored accepts, built without a filesystem call per day."""
+        base = os.path.join(self.symbol_dir(layer, exchange, symbol), "date=")
+        return lambda day: f"{base}{day}{os.sep}{PART_FILE}"
+
     # unpartitioned tables (scores): one file per layer, rewritten whole ------------------------
     def table_path(self, layer: str) -> Path:
         if layer not in UNPARTITIONED_LAYERS:
@@ -98,6 +125,9 @@ class Storage:
         path = self.table_path(layer)
         _write_parquet_atomic(conform(df, layer), path)
         return path
+
+    def table_exists(self, layer: str) -> bool:
+        return self.table_path(layer).exists()
 
     def read_table(self, layer: str) -> pl.DataFrame:
         """The whole unpartitioned layer; an empty typed frame before its first write."""
@@ -136,6 +166,27 @@ class Storage:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def update_meta(self, name: str, change: Callable[[bytes | None], bytes | None]) -> None:
+        """Read-modify-write of a metadata document that concurrent writers cannot interleave.
+
+        `change` gets the current body (None when absent) and returns the new one (None = leave it). Here a
+        file lock serializes writers on this machine; ObjectStorage uses conditional PUTs instead.
+        """
+        path = self.meta_path(name)
+        lock_path = path.parent / (path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                body = change(self.read_meta(name))
+                if body is not None:
+                    self.write_meta(name, body)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def attach_duckdb(self, con) -> None:
+        """Let a DuckDB connection read this lakehouse's files (local files need nothing)."""
 
     # reads -----------------------------------------------------------------------------------
     def read_partition(self, layer: str, exchange: str, symbol: str, day: dt.date) -> pl.DataFrame | None:
@@ -246,6 +297,8 @@ class Storage:
 
     def stat_days(self, layer: str, exchange: str, symbol: str) -> dict[str, tuple[int, int]]:
         """{'YYYY-MM-DD': (size, mtime_ns)} of one symbol's partition files: one scandir and one stat per file.
+
+        (ObjectStorage adds a third value, a digest of the ETag, as its listings' times have 1 s resolution.)
 
         The audit calls this every tick for every symbol, so it builds no Path or PartitionStat objects
         (list_partitions is ~5x slower over 36,500 files).

@@ -59,7 +59,8 @@ def _isolated_env(monkeypatch, tmp_path):
     """No test reads the developer's data folder or Dagster home by accident."""
     monkeypatch.setenv("LAKEHOUSE_ROOT", str(tmp_path / "lake"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home_env"))
-    for var in ("LAKEHOUSE_EXCHANGE", "LAKEHOUSE_EXCHANGE_URL", "LAKEHOUSE_ARCHIVE_URL", "DAGSTER_URL"):
+    for var in ("LAKEHOUSE_EXCHANGE", "LAKEHOUSE_EXCHANGE_URL", "LAKEHOUSE_ARCHIVE_URL", "DAGSTER_URL",
+                "LAKEHOUSE_POSTGRES_URL", "LAKEHOUSE_CELERY_BROKER_URL", "LAKEHOUSE_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     os.makedirs(tmp_path / "dagster_home_env", exist_ok=True)
 
@@ -71,3 +72,45 @@ def _fresh_exchange_state():
     module = sys.modules.get("lakehouse.exchange.ccxt_client")
     if module is not None:
         module.forget_shared_state()
+@pytest.fixture(scope="session")
+def s3_server():
+    """One loopback S3-compatible server for the session (each test takes its own bucket)."""
+    from s3_server import S3Server
+
+    try:
+        server = S3Server()
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"no S3-compatible server: moto_server could not start ({exc})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """LAKEHOUSE_ROOT=s3://<fresh bucket>/lake with the endpoint and credentials set in the environment."""
+    env = s3_server.env(s3_server.new_bucket())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def postgres_url():
+    """A uniquely named database on the loopback PostgreSQL (user postgres, trust), dropped afterwards."""
+    import uuid
+
+    if not service_reachable("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import psycopg2
+
+    name = f"lakehouse_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

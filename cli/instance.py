@@ -51,17 +51,20 @@ def instance_yaml(postgres_url: str | None) -> str:
     base = (PROJECT_ROOT / "dagster.yaml").read_text()
     if not postgres_url:
         return base
+    import yaml
+
+    config = yaml.safe_load(base) or {}
+    # The embedded default's SQLite event log (batched) cannot stand beside a `storage` block: Postgres holds all.
+    for key in ("storage", "run_storage", "event_log_storage", "schedule_storage"):
+        config.pop(key, None)
+    # A run whose launch never completed is failed after 3 minutes (and retried by run_retries).
+    monitoring = config.setdefault("run_monitoring", {"enabled": True})
+    monitoring.setdefault("start_timeout_seconds", 180)
+    monitoring.setdefault("max_resume_run_attempts", 0)
+    # Runs, event log and schedules in PostgreSQL: any machine with the same settings sees one instance.
+    config["storage"] = {"postgres": {"postgres_url": postgres_parts(postgres_url)[0]}}
     return (f"{GENERATED_MARKER} from dagster.yaml because {POSTGRES_ENV} is set; edits are overwritten.\n"
-            f"{base.rstrip()}\n\n"
-            "# A run whose launch never completed is failed after 3 minutes (and retried by run_retries).\n"
-            "run_monitoring:\n"
-            "  enabled: true\n"
-            "  start_timeout_seconds: 180\n"
-            "  max_resume_run_attempts: 0\n\n"
-            "# Runs, event log and schedules in PostgreSQL: any machine with the same settings sees one instance.\n"
-            "storage:\n"
-            "  postgres:\n"
-            f"    postgres_url: {postgres_parts(postgres_url)[0]}\n")
+            + yaml.safe_dump(config, sort_keys=False))
 
 
 def ensure_dagster_home() -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import DagsterInstance
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 
@@ -22,6 +20,8 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def get_instance() -> DagsterInstance:
+def get_instance():
+    from dagster import DagsterInstance
+
     ensure_dagster_home()
     return DagsterInstance.get()

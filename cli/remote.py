@@ -89,7 +89,7 @@ def remote_options(func):
 
 
 def check_local_flags(url: str | None, wait: bool | None, timeout: float | None) -> None:
-    from .main import UsageFailure
+    from .common import UsageFailure
 
     if url:
         return
@@ -100,7 +100,7 @@ def check_local_flags(url: str | None, wait: bool | None, timeout: float | None)
 
 
 def connect(url: str) -> DagsterAPI:
-    from .main import UsageFailure
+    from .common import UsageFailure
 
     try:
         return DagsterAPI(url)
@@ -134,7 +134,7 @@ def remote_backfill(url: str, names: list[str], start: dt.date | None, end: dt.d
     from lakehouse.errors import UserInputError
     from lakehouse.timeutil import check_range, utc_today
 
-    from .main import UsageFailure
+    from .common import UsageFailure
 
     api = connect(url)
     tracked = deployment_symbols(api)

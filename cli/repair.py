@@ -16,7 +16,7 @@ from lakehouse.errors import UserInputError
 from lakehouse.schema import RAW_OHLCV
 from lakehouse.symbols import validate_symbol
 
-from .main import UsageFailure, get_instance, load_defs, settings
+from .common import UsageFailure, echo_for, get_instance, load_defs, settings
 from .remote import DEFAULT_TIMEOUT, Duration, check_local_flags, connect, remote_options, watch
 
 
@@ -93,10 +93,6 @@ def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[
     # Only now: a launch the deployment refused must not count as an attempt in the audit's ledger.
     audit.commit(requests)
     return ids
-
-
-def _echo_err(as_json: bool):
-    return (lambda m: click.echo(m, err=True)) if as_json else click.echo
 
 
 # status ------------------------------------------------------------------------------------------
@@ -211,7 +207,7 @@ def repair(dry_run, as_json, url, wait, timeout):
     api = connect(url) if url else None
     instance, defs, audit = plan_repair()
     plan = audit.plan
-    echo = _echo_err(as_json)
+    echo = echo_for(as_json)
     doc = {"audit": audit.summary(), "counts": audit.counts(), "plan": [r.as_dict() for r in plan], "dry_run": dry_run}
     if not plan:
         echo(f"nothing to repair: {audit.summary()}")

@@ -32,7 +32,7 @@ def _common(s: Settings) -> list[h.Component]:
     return [
         h.exchange_component(s),
         h.disk_component(s.root_path),
-        h.notifications_component(s, DeliveryLog(Storage(s.root)).last()),
+        h.notifications_component(s, DeliveryLog(Storage(s.root), s.webhook_url).last()),
     ]
 
 

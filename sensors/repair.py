@@ -17,6 +17,7 @@ from dagster import (
     AssetSelection,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -98,6 +99,9 @@ def build_repair_sensor(
     keys = [k for a in assets if getattr(a, "partitions_def", None) == symbol_day_partitions for k in a.keys]
     if not keys:
         keys = [AssetKey(RAW_OHLCV)]
+    # Tables built from the partitioned layers (scores) are rebuilt by this sensor too, once those settle.
+    keys += [k for a in assets if getattr(a, "partitions_def", None) is None
+             and any(dep in keys for dep in getattr(a, "dependency_keys", ())) for k in a.keys]
     interval = minimum_interval_seconds or Settings.from_env().repair_interval_s
 
     @sensor(
@@ -124,6 +128,10 @@ def build_repair_sensor(
         for note in audit.notes:
             context.log.warning(note)
         if not requests:
+            tables, why = table_requests(context.instance, asset_graph, lakehouse.storage(), audit)
+            if tables:
+                context.log.info(f"requesting a rebuild of {', '.join(why)}")
+                return SensorResult(run_requests=tables, cursor=json.dumps(cursor))
             return SensorResult(skip_reason=SkipReason(f"nothing to request: {summary}; audit took {elapsed:.2f}s"),
                                 cursor=json.dumps(cursor))
         context.log.info(f"requesting {len(requests)} run(s)"
@@ -131,6 +139,46 @@ def build_repair_sensor(
         return SensorResult(run_requests=run_requests(audit, requests, asset_graph), cursor=json.dumps(cursor))
 
     return _repair
+
+
+def table_keys(asset_graph) -> list[AssetKey]:
+    """Unpartitioned assets built from the symbol x day layers (scores): one table each, rebuilt whole."""
+    partitioned = set(partitioned_keys(asset_graph))
+    return sorted((k for k in asset_graph.materializable_asset_keys
+                   if asset_graph.get(k).partitions_def is None and asset_graph.get(k).parent_keys & partitioned),
+                  key=lambda k: k.to_user_string())
+
+
+def table_requests(instance, asset_graph, storage, audit: Audit) -> tuple[list[RunRequest], list[str]]:
+    """A rebuild of each table whose inputs were materialized after it (or that was never built, or whose file
+    is gone), once no run is queued or running: a table rebuilt mid-repair would be stale again at once.
+
+    The run key names the newest input and the table's own last materialization, so a rebuild is requested
+    once per change of its inputs (a failed rebuild is retried when new input lands, not every tick)."""
+    keys = table_keys(asset_graph)
+    if not keys or instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES), limit=1):
+        return [], []
+    requests, why = [], []
+    for key in keys:
+        parents = sorted(asset_graph.get(key).parent_keys, key=lambda k: k.to_user_string())
+        latest = {r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+                  for r in instance.get_asset_records([key, *parents])}
+        inputs = max((latest[p].storage_id for p in parents if latest.get(p) is not None), default=None)
+        if inputs is None:
+            continue  # nothing to build it from yet
+        own = latest.get(key)
+        own_id = own.storage_id if own is not None else 0
+        name = key.to_user_string()
+        gone = own is not None and not storage.table_path(name).exists()
+        if own is not None and own_id > inputs and not gone:
+            continue
+        reason = "never built" if own is None else ("its file is missing" if gone else "inputs changed since built")
+        why.append(f"{name} ({reason})")
+        requests.append(RunRequest(run_key=f"{name}:{inputs}:{own_id}", asset_selection=[key],
+                                   tags={"lakehouse/launched_by": REPAIR_SENSOR_NAME, "lakehouse/repair": "rebuild",
+                                         "lakehouse/reasons": f"{name}: {reason}",
+                                         "lakehouse/audit": audit.summary()[:250]}))
+    return requests, why
 
 
 def _report_freshness(context: SensorEvaluationContext, audit: Audit, asset_graph, cursor: dict) -> None:

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "repair": ("cli.repair:repair", "Audit now and run exactly what it finds."),
     "retry-failed": ("cli.runs:retry_failed", "Rerun only the partitions a finished backfill did not materialize."),
     "runs": ("cli.runs:runs", "Recent runs and backfills with their outcome, newest first."),
-    "status": ("cli.repair:status", "One row per tracked symbol: candles, coverage, gaps, freshness, last run."),
+    "status": ("cli.status:status", "One row per tracked symbol: candles, coverage, gaps, freshness, last run."),
     "symbols": ("cli.symbols:symbols", "Manage the tracked symbols."),
 }
 

@@ -95,47 +95,6 @@ def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[
     return ids
 
 
-# status ------------------------------------------------------------------------------------------
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(as_json):
-    """One row per tracked symbol: candles, coverage, gaps, freshness and the last run.
-
-    Freshness tiers: fresh < LAKEHOUSE_FRESHNESS_WARN_HOURS (2 h) <= aging < LAKEHOUSE_FRESHNESS_FAIL_HOURS
-    (24 h) <= stale, by the age of the newest candle.
-
-    \b
-    Example:
-        lakehouse status --json
-    """
-    from lakehouse.status import symbol_rows
-    from sensors.repair import last_runs_by_symbol
-
-    # Every column comes from the raw candles; auditing only raw keeps this fast on a large lakehouse
-    # (`lakehouse repair --dry-run` audits every layer).
-    instance, _defs, audit = _audit(layers=[RAW_OHLCV])
-    rows = symbol_rows(audit, last_runs_by_symbol(instance))
-    if as_json:
-        click.echo(json.dumps({"symbols": rows, "audit": audit.summary(), "counts": audit.counts()}, indent=2))
-        return
-    if not rows:
-        click.echo("no symbols tracked; add one with: lakehouse symbols add BTC/USDT --start 2024-01-01")
-        return
-    header = f"{'SYMBOL':<12} {'FIRST CANDLE':<20} {'LAST CANDLE':<20} {'DAYS':>9} {'COMPLETE':>9} " \
-             f"{'SOURCE GAPS':>14} {'OPEN GAPS':>14} {'FRESHNESS':<9} LAST RUN"
-    click.echo(header)
-    for r in rows:
-        run = r["last_run"]
-        click.echo(
-            f"{r['symbol']:<12} {r['first_candle'] or '-':<20} {r['last_candle'] or '-':<20} "
-            f"{str(r['days_covered']) + '/' + str(r['days_expected']):>9} {r['completeness_pct']:>8.3f}% "
-            f"{str(r['confirmed_gaps']) + ' / ' + str(r['confirmed_gap_minutes']) + 'm':>14} "
-            f"{str(r['open_gaps']) + ' / ' + str(r['open_gap_minutes']) + 'm':>14} {r['freshness']:<9} "
-            f"{(run['status'] + ' ' + run['at']) if run else '-'}"
-        )
-    click.echo(f"raw candles: {audit.summary()}")
-
-
 # gaps --------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("symbol")

@@ -69,10 +69,11 @@ def symbols_add(names, start):
         lakehouse symbols add BTC/USDT ETH/USDT --start 2024-01-01
     """
     s = settings(write=True)
+    names = symbols_arg(names)
     start_day = day_arg(start, "--start")
     if start_day and start_day > utc_today():
         raise UsageFailure(f"--start {start_day} is in the future; pick a day up to {utc_today()}")
-    entries = add_symbols(get_instance(), s, symbols_arg(names), start_day)
+    entries = add_symbols(get_instance(), s, names, start_day)
     for e in entries:
         click.echo(f"added {e.symbol} on {e.exchange} from {e.start} (listed {e.listing or 'unknown'})")
 

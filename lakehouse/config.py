@@ -9,6 +9,7 @@ import importlib.util
 import math
 import os
 import re
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Mapping
@@ -152,7 +153,7 @@ class Settings:
     def check_root(self, write: bool = False) -> None:
         """LAKEHOUSE_ROOT must be a folder (or not exist yet); with `write`, one this process can write to."""
         path = self.root_path
-        shown = shorten(self.root)
+        shown = shorten(self.root, 200)  # a path is only useful whole; 200 characters still fit a line
         if path.exists() and not path.is_dir():
             raise ConfigError(f"LAKEHOUSE_ROOT={shown!r} is a file, not a folder; point it at a folder "
                               f"(it is created if missing)")
@@ -161,7 +162,12 @@ class Settings:
         existing = path
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            where = "" if existing == path else f" (its nearest existing folder {shorten(str(existing))!r} is not)"
+        try:
+            # A real write, not os.access: that says yes to root on a folder a read-only mount still refuses.
+            fd, probe = tempfile.mkstemp(prefix=".lakehouse-write-check-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError:
+            where = "" if existing == path else f" (nor is its nearest existing folder {shorten(str(existing))!r})"
             raise ConfigError(f"LAKEHOUSE_ROOT={shown!r} is not writable{where}; fix its permissions or point "
                               f"LAKEHOUSE_ROOT at a folder you can write to")

@@ -26,8 +26,14 @@ def symbols():
 
 def add_symbols(instance, s: Settings, names: list[str], start: dt.date | None, echo=click.echo) -> list:
     """Validate every symbol on the exchange first, then register them all; nothing is added on any error."""
-    from assets.partitions import SYMBOLS_PARTITION
-    from lakehouse.registry import Registry, TrackedSymbol
+    entries = check_symbols(s, names, start, echo)
+    track(instance, s, entries)
+    return entries
+
+
+def check_symbols(s: Settings, names: list[str], start: dt.date | None, echo=click.echo) -> list:
+    """Each symbol as it would be tracked (start clamped to its listing), checked on the exchange; writes nothing."""
+    from lakehouse.registry import TrackedSymbol
 
     client = exchange_client(s)
     entries = []
@@ -51,11 +57,18 @@ def add_symbols(instance, s: Settings, names: list[str], start: dt.date | None, 
             entries.append(TrackedSymbol(symbol, client.id, first, listing, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
     finally:
         client.close()
+    return entries
+
+
+def track(instance, s: Settings, entries: list) -> None:
+    """Register checked symbols: the registry (start days) and the Dagster partitions."""
+    from assets.partitions import SYMBOLS_PARTITION
+    from lakehouse.registry import Registry
+
     registry = Registry(s.root)
     for entry in entries:
         registry.upsert(entry)
     instance.add_dynamic_partitions(SYMBOLS_PARTITION, [e.symbol for e in entries])
-    return entries
 
 
 @symbols.command("add")
@@ -73,7 +86,8 @@ def symbols_add(names, start):
     start_day = day_arg(start, "--start")
     if start_day and start_day > utc_today():
         raise UsageFailure(f"--start {start_day} is in the future; pick a day up to {utc_today()}")
-    entries = add_symbols(get_instance(), s, names, start_day)
+    entries = check_symbols(s, names, start_day)
+    track(get_instance(), s, entries)  # the instance only now: a refused symbol leaves no trace anywhere
     for e in entries:
         click.echo(f"added {e.symbol} on {e.exchange} from {e.start} (listed {e.listing or 'unknown'})")
 

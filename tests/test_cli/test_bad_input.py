@@ -48,6 +48,7 @@ def nothing_written(tmp_path):
     (["symbols", "add", "ſol/uſdt"], ["invalid symbol 'ſol/uſdt'", "ASCII"]),  # not folded into SOL/USDT
     (["symbols", "add", "ＢＴＣ/USDT"], ["invalid symbol", "ASCII"]),
     (["symbols", "add", "BTC/USDT", "--start", "2024-13-01"], ["invalid --start '2024-13-01'", "YYYY-MM-DD"]),
+    (["symbols", "add", "BTC/USDT", "FOO/USDT"], ["simulated does not list FOO/USDT", "Nothing was added"]),
     (["query", ""], ["empty SQL"]),
     (["query", "   "], ["empty SQL"]),
 ])

@@ -13,7 +13,6 @@ import click
 
 from lakehouse.audit import Audit, RepairRequest
 from lakehouse.errors import UserInputError
-from lakehouse.schema import RAW_OHLCV
 from lakehouse.symbols import validate_symbol
 
 from .common import UsageFailure, echo_for, get_instance, load_defs, settings
@@ -115,7 +114,9 @@ def gaps(symbol, as_json):
         symbol = validate_symbol(symbol)
     except UserInputError as exc:
         raise UsageFailure(str(exc)) from None
-    _instance, _defs, audit = _audit(layers=[RAW_OHLCV])
+    from .status import raw_audit
+
+    audit, _runs = raw_audit(settings())
     if symbol not in audit.coverage:
         raise UsageFailure(f"{symbol} is not tracked; see 'lakehouse symbols list'")
     rows = gap_rows(audit, symbol)

@@ -64,6 +64,11 @@ def _writable(s: Settings) -> bool:
     return s.root_path.is_dir()
 
 
+def raw_audit(s: Settings):
+    """(raw-layer audit, last run per symbol): from the SQLite instance when it can answer, else through Dagster."""
+    return _fast_audit(s) or _dagster_audit()
+
+
 def _dagster_audit():
     from lakehouse.schema import RAW_OHLCV
     from sensors.repair import last_runs_by_symbol
@@ -89,7 +94,7 @@ def status(as_json):
     from lakehouse.status import symbol_rows
 
     s = settings()
-    audit, runs = _fast_audit(s) or _dagster_audit()
+    audit, runs = raw_audit(s)
     rows = symbol_rows(audit, runs)
     if as_json:
         click.echo(json.dumps({"symbols": rows, "audit": audit.summary(), "counts": audit.counts()}, indent=2))

@@ -1,4 +1,5 @@
-"""`lakehouse status`, `gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status).
+"""`lakehouse gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status); `status`
+is in cli/status.py.
 
 Planning and execution are separate steps: `plan_repair`, then `plan_batches` turns the plan into work, which
 `execute_plan` runs in-process and `launch_plan` launches on a deployment (`lakehouse repair --url`).

@@ -37,6 +37,7 @@ RAW_ASSET = "raw_ohlcv"
 CANDLES = "candles"
 # How long polling may fail to reach the deployment before the CLI gives up (a webserver restart takes a while).
 UNREACHABLE_GRACE_S = 30.0
+MAX_URL_CHARS = 2000
 
 
 class DeploymentFailure(click.ClickException):
@@ -100,8 +101,12 @@ def check_local_flags(url: str | None, wait: bool | None, timeout: float | None)
 
 
 def connect(url: str) -> DagsterAPI:
+    from lakehouse.errors import shorten
+
     from .common import UsageFailure
 
+    if len(url) > MAX_URL_CHARS:  # every later message would repeat it whole
+        raise UsageFailure(f"--url {shorten(url)!r} is too long for a deployment's address; use http://HOST:PORT")
     try:
         return DagsterAPI(url)
     except InvalidURL as exc:

@@ -48,6 +48,7 @@ def nothing_written(tmp_path):
     (["symbols", "add", "ſol/uſdt"], ["invalid symbol 'ſol/uſdt'", "ASCII"]),  # not folded into SOL/USDT
     (["symbols", "add", "ＢＴＣ/USDT"], ["invalid symbol", "ASCII"]),
     (["symbols", "add", "BTC/USDT", "--start", "2024-13-01"], ["invalid --start '2024-13-01'", "YYYY-MM-DD"]),
+    (["runs", "--url", "http://" + "a" * 10_000], ["(10007 characters)", "http://HOST:PORT"]),
     (["query", ""], ["empty SQL"]),
     (["query", "   "], ["empty SQL"]),
 ])

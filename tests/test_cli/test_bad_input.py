@@ -182,3 +182,12 @@ def test_an_end_in_the_future_is_clamped_and_said(run, tmp_path):
     assert said == [f"--end 2999-12-31 is in the future; ending today ({utc_today()})."]
     future = run("backfill", "--start", "2999-01-01")
     assert future.exit_code == 2 and "--start 2999-01-01 is in the future" in future.output
+
+
+def test_every_listed_command_loads_and_shows_its_example():
+    from cli.main import COMMANDS
+
+    for name in COMMANDS:
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Example:" in result.output and "lakehouse" in result.output, name

@@ -28,7 +28,7 @@ def _resources() -> dict:
 
 def _audit(layers=None) -> tuple[object, object, Audit]:
     """One audit as the sensor would run it now: (instance, defs, audit)."""
-    from sensors.repair import audit_now
+    from assets.instance_audit import audit_now
 
     s = settings()
     instance = get_instance()

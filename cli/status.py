@@ -71,7 +71,7 @@ def raw_audit(s: Settings):
 
 def _dagster_audit():
     from lakehouse.schema import RAW_OHLCV
-    from sensors.repair import last_runs_by_symbol
+    from assets.instance_audit import last_runs_by_symbol
 
     from .repair import plan_repair
 

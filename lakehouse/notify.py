@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -111,15 +112,42 @@ def scrub(text: str | None, url: str | None) -> str | None:
     return text
 
 
+class _ScrubWebhook(logging.Filter):
+    """urllib3 logs every request line ("POST /services/T.../B.../XXXX") at DEBUG: a log configured that verbose
+    must still not show the webhook's path."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = scrub(text, self.url)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
 def send(notification: Notification, url: str | None, timeout_s: float = TIMEOUT_S, retries: int = 1,
          retry_wait_s: float = RETRY_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> Delivery:
     """POST the notification's JSON to `url`; one retry on network errors, 5xx and 429. Never raises."""
     if not url:
         return Delivery(sent=False, channel="log")
-    import requests
-
     channel = f"webhook {redact(url)}"
     body = json.dumps(notification.payload()).encode()
+    request_log = logging.getLogger("urllib3.connectionpool")
+    guard = _ScrubWebhook(url)
+    request_log.addFilter(guard)
+    try:
+        return _post(url, body, channel, timeout_s, retries, retry_wait_s, sleep)
+    finally:
+        request_log.removeFilter(guard)
+
+
+def _post(url: str, body: bytes, channel: str, timeout_s: float, retries: int, retry_wait_s: float,
+          sleep: Callable[[float], None]) -> Delivery:
+    import requests
+
     status, error, attempts = None, None, 0
     for attempt in range(retries + 1):
         attempts = attempt + 1

@@ -21,7 +21,7 @@ from lakehouse.audit import Audit
 from lakehouse.schema import RAW_OHLCV
 from lakehouse.status import markdown_table, symbol_rows, tier_counts
 from resources import ExchangeResource, LakehouseResource
-from sensors.repair import SYMBOL_FRESHNESS_CHECK, audit_now, last_runs_by_symbol
+from assets.instance_audit import SYMBOL_FRESHNESS_CHECK, audit_now, last_runs_by_symbol
 
 
 def _outcome(audit: Audit, last_runs: dict) -> tuple[bool, AssetCheckSeverity, dict, str]:

@@ -1,4 +1,4 @@
-"""`python -m cli` is the `lakehouse` command (cli/main.py cannot run as __main__: its subcommand modules import it)."""
+"""`python -m cli` is the `lakehouse` command."""
 
 from cli.main import cli
 

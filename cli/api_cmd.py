@@ -26,7 +26,7 @@ def api(host, port, workers):
     from lakehouse.errors import UserInputError
     from serving.settings import ApiSettings
 
-    from .main import UsageFailure, settings
+    from .common import UsageFailure, settings
 
     s = settings()
     try:

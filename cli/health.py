@@ -15,7 +15,7 @@ from lakehouse.config import Settings
 from lakehouse.notify import DeliveryLog
 from lakehouse.storage import Storage
 
-from .main import UsageFailure, settings
+from .common import UsageFailure, settings
 
 # sensors.repair.REPAIR_SENSOR_NAME; importing it would load every asset module, which --url does not need.
 REPAIR_SENSOR_NAME = "lakehouse_repair"
@@ -32,7 +32,7 @@ def _common(s: Settings) -> list[h.Component]:
     return [
         h.exchange_component(s),
         h.disk_component(s.root_location),
-        h.notifications_component(s, DeliveryLog(Storage(s.root)).last()),
+        h.notifications_component(s, DeliveryLog(Storage(s.root), s.webhook_url).last()),
     ]
 
 
@@ -41,7 +41,7 @@ def _local_sensor(instance, s: Settings, now: float, ticking: bool) -> h.Compone
     from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
 
     try:
-        from .main import load_defs
+        from .common import load_defs
 
         sensor_def = load_defs().get_repository_def().get_sensor_def(REPAIR_SENSOR_NAME)
         default, interval = sensor_def.default_status.value, sensor_def.minimum_interval_seconds or s.repair_interval_s

@@ -37,6 +37,7 @@ RAW_ASSET = "raw_ohlcv"
 CANDLES = "candles"
 # How long polling may fail to reach the deployment before the CLI gives up (a webserver restart takes a while).
 UNREACHABLE_GRACE_S = 30.0
+MAX_URL_CHARS = 2000
 
 
 class DeploymentFailure(click.ClickException):
@@ -89,7 +90,7 @@ def remote_options(func):
 
 
 def check_local_flags(url: str | None, wait: bool | None, timeout: float | None) -> None:
-    from .main import UsageFailure
+    from .common import UsageFailure
 
     if url:
         return
@@ -100,8 +101,12 @@ def check_local_flags(url: str | None, wait: bool | None, timeout: float | None)
 
 
 def connect(url: str) -> DagsterAPI:
-    from .main import UsageFailure
+    from lakehouse.errors import shorten
 
+    from .common import UsageFailure
+
+    if len(url) > MAX_URL_CHARS:  # every later message would repeat it whole
+        raise UsageFailure(f"--url {shorten(url)!r} is too long for a deployment's address; use http://HOST:PORT")
     try:
         return DagsterAPI(url)
     except InvalidURL as exc:
@@ -135,7 +140,7 @@ def remote_backfill(url: str, names: list[str], start: dt.date | None, end: dt.d
     from lakehouse.errors import UserInputError
     from lakehouse.timeutil import check_range, utc_today
 
-    from .main import UsageFailure
+    from .common import UsageFailure
 
     api = connect(url)
     tracked = deployment_symbols(api)

@@ -1,4 +1,5 @@
-"""`lakehouse status`, `gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status).
+"""`lakehouse gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status); `status`
+is in cli/status.py.
 
 Planning and execution are separate steps: `plan_repair`, then `plan_batches` turns the plan into work, which
 `execute_plan` runs in-process and `launch_plan` launches on a deployment (`lakehouse repair --url`).
@@ -13,10 +14,9 @@ import click
 
 from lakehouse.audit import Audit, RepairRequest
 from lakehouse.errors import UserInputError
-from lakehouse.schema import RAW_OHLCV
 from lakehouse.symbols import validate_symbol
 
-from .main import UsageFailure, get_instance, load_defs, settings
+from .common import UsageFailure, echo_for, get_instance, load_defs, settings
 from .remote import DEFAULT_TIMEOUT, Duration, check_local_flags, connect, remote_options, watch
 
 
@@ -28,7 +28,7 @@ def _resources() -> dict:
 
 def _audit(layers=None) -> tuple[object, object, Audit]:
     """One audit as the sensor would run it now: (instance, defs, audit)."""
-    from sensors.repair import audit_now
+    from assets.instance_audit import audit_now
 
     s = settings()
     instance = get_instance()
@@ -95,51 +95,6 @@ def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[
     return ids
 
 
-def _echo_err(as_json: bool):
-    return (lambda m: click.echo(m, err=True)) if as_json else click.echo
-
-
-# status ------------------------------------------------------------------------------------------
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(as_json):
-    """One row per tracked symbol: candles, coverage, gaps, freshness and the last run.
-
-    Freshness tiers: fresh < LAKEHOUSE_FRESHNESS_WARN_HOURS (2 h) <= aging < LAKEHOUSE_FRESHNESS_FAIL_HOURS
-    (24 h) <= stale, by the age of the newest candle.
-
-    \b
-    Example:
-        lakehouse status --json
-    """
-    from lakehouse.status import symbol_rows
-    from sensors.repair import last_runs_by_symbol
-
-    # Every column comes from the raw candles; auditing only raw keeps this fast on a large lakehouse
-    # (`lakehouse repair --dry-run` audits every layer).
-    instance, _defs, audit = _audit(layers=[RAW_OHLCV])
-    rows = symbol_rows(audit, last_runs_by_symbol(instance))
-    if as_json:
-        click.echo(json.dumps({"symbols": rows, "audit": audit.summary(), "counts": audit.counts()}, indent=2))
-        return
-    if not rows:
-        click.echo("no symbols tracked; add one with: lakehouse symbols add BTC/USDT --start 2024-01-01")
-        return
-    header = f"{'SYMBOL':<12} {'FIRST CANDLE':<20} {'LAST CANDLE':<20} {'DAYS':>9} {'COMPLETE':>9} " \
-             f"{'SOURCE GAPS':>14} {'OPEN GAPS':>14} {'FRESHNESS':<9} LAST RUN"
-    click.echo(header)
-    for r in rows:
-        run = r["last_run"]
-        click.echo(
-            f"{r['symbol']:<12} {r['first_candle'] or '-':<20} {r['last_candle'] or '-':<20} "
-            f"{str(r['days_covered']) + '/' + str(r['days_expected']):>9} {r['completeness_pct']:>8.3f}% "
-            f"{str(r['confirmed_gaps']) + ' / ' + str(r['confirmed_gap_minutes']) + 'm':>14} "
-            f"{str(r['open_gaps']) + ' / ' + str(r['open_gap_minutes']) + 'm':>14} {r['freshness']:<9} "
-            f"{(run['status'] + ' ' + run['at']) if run else '-'}"
-        )
-    click.echo(f"raw candles: {audit.summary()}")
-
-
 # gaps --------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("symbol")
@@ -160,7 +115,9 @@ def gaps(symbol, as_json):
         symbol = validate_symbol(symbol)
     except UserInputError as exc:
         raise UsageFailure(str(exc)) from None
-    _instance, _defs, audit = _audit(layers=[RAW_OHLCV])
+    from .status import raw_audit
+
+    audit, _runs = raw_audit(settings())
     if symbol not in audit.coverage:
         raise UsageFailure(f"{symbol} is not tracked; see 'lakehouse symbols list'")
     rows = gap_rows(audit, symbol)
@@ -211,7 +168,7 @@ def repair(dry_run, as_json, url, wait, timeout):
     api = connect(url) if url else None
     instance, defs, audit = plan_repair()
     plan = audit.plan
-    echo = _echo_err(as_json)
+    echo = echo_for(as_json)
     doc = {"audit": audit.summary(), "counts": audit.counts(), "plan": [r.as_dict() for r in plan], "dry_run": dry_run}
     if not plan:
         echo(f"nothing to repair: {audit.summary()}")

@@ -7,7 +7,7 @@ import json
 import click
 
 from .dagster_api import Backfill, RunInfo
-from .main import UsageFailure, get_instance
+from .common import UsageFailure, get_instance
 from .remote import (
     DEFAULT_TIMEOUT,
     DeploymentFailure,

@@ -230,7 +230,7 @@ def serve(host, port, workers):
         LAKEHOUSE_CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// lakehouse serve --workers 2
     """
     from .instance import PROJECT_ROOT, ensure_dagster_home
-    from .main import UsageFailure, settings
+    from .common import UsageFailure, settings
 
     s = settings()
     if workers is None:

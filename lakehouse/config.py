@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
+import importlib.util
+import math
 import os
+import re
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Mapping
 
-from .errors import ConfigError, UserInputError
+from .errors import ConfigError, UserInputError, shorten
 from .timeutil import parse_day
 
 SIMULATED = "simulated"
@@ -23,23 +28,53 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}") from None
+        raise ConfigError(f"{name}={shorten(raw)!r} is not a number; set it to e.g. {default}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={shorten(raw)!r} must be a finite number; set it to e.g. {default}")
     if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+        raise ConfigError(f"{name}={shorten(raw)!r} must be >= {minimum}; set it to e.g. {default}")
     return value
 
 
-def _http_url(env: Mapping[str, str], name: str, example: str) -> str | None:
+def _exchange(env: Mapping[str, str]) -> str:
+    raw = env.get("LAKEHOUSE_EXCHANGE") or SIMULATED
+    exchange = raw.strip().lower()
+    if exchange == SIMULATED:
+        return exchange
+    known = ccxt_exchange_ids()
+    if exchange not in known:
+        close = difflib.get_close_matches(exchange, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"LAKEHOUSE_EXCHANGE: unknown exchange {shorten(raw)!r}.{hint} Use a ccxt exchange id "
+                          f"(e.g. binance) or {SIMULATED!r} for the offline exchange.")
+    return exchange
+
+
+def ccxt_exchange_ids() -> list[str]:
+    """The exchange ids ccxt ships (one module each), read from its package without importing it: importing
+    ccxt loads every exchange, which no command should pay for just to check a setting."""
+    spec = importlib.util.find_spec("ccxt")
+    folders = spec.submodule_search_locations if spec is not None else None
+    return sorted(p.stem for folder in folders or () for p in Path(folder).glob("*.py")
+                  if re.fullmatch(r"[a-z][a-z0-9_]*", p.stem))
+
+
+def _http_url(env: Mapping[str, str], name: str, example: str, secret_path: bool = False) -> str | None:
     raw = (env.get(name) or "").strip()
     if not raw:
         return None
-    parts = urllib.parse.urlsplit(raw)
+    # A webhook URL's path is its secret: a message may show the scheme and host only.
+    shown = shorten(raw) if not secret_path else _origin(raw)
+    try:
+        parts = urllib.parse.urlsplit(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={shown!r} is not a URL; use e.g. {example}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}={raw!r} must be an http(s) URL such as {example}")
+        raise ConfigError(f"{name}={shown!r} must be an http(s) URL such as {example}")
     try:
         parts.port  # noqa: B018  (a port like ':abc' only fails when read)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} has an invalid port; use e.g. {example}") from None
+        raise ConfigError(f"{name}={shown!r} has an invalid port; use e.g. {example}") from None
     return raw
 
 
@@ -69,6 +104,14 @@ def _service_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], ex
     except ValueError:
         raise ConfigError(f"{name} has an invalid port; use e.g. {example}") from None
     return raw
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL, or a placeholder when even that does not parse."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+    except ValueError:
+        return "<unparseable URL>"
+    return f"{parts.scheme}://{host}/..." if parts.scheme and host else "<not a URL, value hidden>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +147,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        exchange = (env.get("LAKEHOUSE_EXCHANGE") or SIMULATED).strip().lower()
+        exchange = _exchange(env)
         url = _http_url(env, "LAKEHOUSE_EXCHANGE_URL", "http://127.0.0.1:8090")
         warn = _float(env, "LAKEHOUSE_FRESHNESS_WARN_HOURS", cls.freshness_warn_hours, 0.01)
         fail = _float(env, "LAKEHOUSE_FRESHNESS_FAIL_HOURS", cls.freshness_fail_hours, 0.01)
@@ -141,7 +184,8 @@ class Settings:
             freshness_fail_hours=fail,
             stale_lag_minutes=_float(env, "LAKEHOUSE_STALE_LAG_MINUTES", cls.stale_lag_minutes),
             repair_interval_s=int(_float(env, "LAKEHOUSE_REPAIR_INTERVAL_S", cls.repair_interval_s, 1)),
-            webhook_url=_http_url(env, "LAKEHOUSE_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX"),
+            webhook_url=_http_url(env, "LAKEHOUSE_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX",
+                                  secret_path=True),
             ui_url=(_http_url(env, "LAKEHOUSE_UI_URL", "http://127.0.0.1:3000") or "").rstrip("/") or None,
             gap_confirm_attempts=int(_float(env, "LAKEHOUSE_GAP_CONFIRM_ATTEMPTS", cls.gap_confirm_attempts, 1)),
             retry_delay_minutes=_float(env, "LAKEHOUSE_RETRY_DELAY_MINUTES", cls.retry_delay_minutes),
@@ -159,3 +203,28 @@ class Settings:
     def root_location(self) -> str:
         """LAKEHOUSE_ROOT as every process should see it: an absolute folder, or the s3:// URL unchanged."""
         return self.root if self.root.startswith("s3://") else str(Path(self.root).expanduser().resolve())
+
+    def check_root(self, write: bool = False) -> None:
+        """LAKEHOUSE_ROOT must be a folder (or not exist yet); with `write`, one this process can write to.
+        An s3:// root was checked when the settings were read (its bucket is checked on first use)."""
+        if self.root.startswith("s3://"):
+            return
+        path = self.root_path
+        shown = shorten(self.root, 200)  # a path is only useful whole; 200 characters still fit a line
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"LAKEHOUSE_ROOT={shown!r} is a file, not a folder; point it at a folder "
+                              f"(it is created if missing)")
+        if not write:
+            return
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            # A real write, not os.access: that says yes to root on a folder a read-only mount still refuses.
+            fd, probe = tempfile.mkstemp(prefix=".lakehouse-write-check-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError:
+            where = "" if existing == path else f" (nor is its nearest existing folder {shorten(str(existing))!r})"
+            raise ConfigError(f"LAKEHOUSE_ROOT={shown!r} is not writable{where}; fix its permissions or point "
+                              f"LAKEHOUSE_ROOT at a folder you can write to")

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+SHOWN_CHARS = 40
+
+
+def shorten(value, limit: int = SHOWN_CHARS) -> str:
+    """A user's value as a message may show it: at most `limit` characters, with the full length when cut."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class LakehouseError(Exception):
     """Base of every error raised by the lakehouse library."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -88,15 +89,66 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
+HIDDEN = "<hidden>"
+
+
+def scrub(text: str | None, url: str | None) -> str | None:
+    """`text` without any secret part of the webhook `url`: the whole URL, its path, query, fragment and user
+    info, each path segment and query value, raw or percent-encoded, are replaced by <hidden>. Exception texts
+    (requests names the URL it failed on) and receiver answers (which may echo the path) go through this before
+    they are logged, recorded or printed."""
+    if not text or not url:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return text.replace(url, HIDDEN)
+    userinfo = parts.netloc.rpartition("@")[0]
+    pieces = {url, parts.path, parts.query, parts.fragment, userinfo, *userinfo.split(":"),
+              *parts.path.split("/"), *(v for _, v in urllib.parse.parse_qsl(parts.query))}
+    pieces |= {urllib.parse.quote(p, safe="/") for p in pieces} | {urllib.parse.unquote(p) for p in pieces}
+    # Pieces of one or two characters would blank out ordinary words and say nothing about the token.
+    for piece in sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True):
+        text = text.replace(piece, HIDDEN)
+    return text
+
+
+class _ScrubWebhook(logging.Filter):
+    """urllib3 logs every request line ("POST /services/T.../B.../XXXX") at DEBUG: a log configured that verbose
+    must still not show the webhook's path."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = scrub(text, self.url)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
 def send(notification: Notification, url: str | None, timeout_s: float = TIMEOUT_S, retries: int = 1,
          retry_wait_s: float = RETRY_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> Delivery:
     """POST the notification's JSON to `url`; one retry on network errors, 5xx and 429. Never raises."""
     if not url:
         return Delivery(sent=False, channel="log")
-    import requests
-
     channel = f"webhook {redact(url)}"
     body = json.dumps(notification.payload()).encode()
+    request_log = logging.getLogger("urllib3.connectionpool")
+    guard = _ScrubWebhook(url)
+    request_log.addFilter(guard)
+    try:
+        return _post(url, body, channel, timeout_s, retries, retry_wait_s, sleep)
+    finally:
+        request_log.removeFilter(guard)
+
+
+def _post(url: str, body: bytes, channel: str, timeout_s: float, retries: int, retry_wait_s: float,
+          sleep: Callable[[float], None]) -> Delivery:
+    import requests
+
     status, error, attempts = None, None, 0
     for attempt in range(retries + 1):
         attempts = attempt + 1
@@ -105,11 +157,12 @@ def send(notification: Notification, url: str | None, timeout_s: float = TIMEOUT
             status = response.status_code
             if 200 <= status < 300:
                 return Delivery(sent=True, channel=channel, attempts=attempts, status=status)
-            error = f"HTTP {status}: {response.text[:200].strip()}"
+            error = scrub(f"HTTP {status}: {response.text[:200].strip()}", url)
             if status < 500 and status != 429:
                 break  # the receiver refused this message (bad URL or payload); sending it again cannot help
         except Exception as exc:  # noqa: BLE001  (whatever the network does, the sensor must go on)
-            status, error = None, f"{exc.__class__.__name__}: {str(exc)[:200]}"
+            # Scrubbed before clipping, so a clipped URL cannot leave part of its token behind.
+            status, error = None, f"{exc.__class__.__name__}: {scrub(str(exc), url)[:200]}"
         if attempt < retries:
             sleep(retry_wait_s)
     return Delivery(sent=False, channel=channel, attempts=attempts, status=status, error=error)
@@ -120,8 +173,11 @@ class DeliveryLog:
 
     _lock = threading.Lock()  # the sensor daemon runs sensors in threads of one process
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, url: str | None = None):
+        """`url`: the webhook, whose secret parts are scrubbed from what is read back (a log written by an
+        older version may hold them)."""
         self.storage = storage
+        self.url = url
 
     def load(self) -> list[dict]:
         try:
@@ -129,7 +185,10 @@ class DeliveryLog:
             value = json.loads(raw) if raw else []
         except (OSError, ValueError, StorageError):
             return []
-        return value if isinstance(value, list) else []
+        if not isinstance(value, list):
+            return []
+        return [{**e, "error": scrub(e.get("error"), self.url)} if isinstance(e, dict) and e.get("error") else e
+                for e in value]
 
     def record(self, notification: Notification, delivery: Delivery) -> None:
         """Append one delivery; a failure to write is swallowed like a failure to send."""
@@ -165,7 +224,7 @@ def notify(notification: Notification, url: str | None, log: Callable[[str], Non
     else:
         (error_log or log)(f"notification {delivery.describe()}\n{notification.text()}")
     if storage is not None:
-        DeliveryLog(storage).record(notification, delivery)
+        DeliveryLog(storage, url).record(notification, delivery)
     return delivery
 
 

@@ -3,11 +3,57 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import datetime as dt
+from typing import Collection, Iterable, Mapping, Sequence
 
 from .audit import Audit, freshness_tier
+from .registry import TrackedSymbol
+from .run_tags import covered_partitions
 from .timeutil import MINUTE_MS, ms_to_iso
 
 TIERS = ("fresh", "aging", "stale", "empty")
+# Run statuses that still hold their partitions: queued runs count, a request not started yet is in flight.
+ACTIVE_RUN_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What the status needs of one Dagster run, however it was read (Dagster's API or its SQLite files)."""
+
+    run_id: str
+    status: str  # DagsterRunStatus value
+    tags: Mapping[str, str]
+    at: float  # end, else start, else creation time (epoch seconds)
+
+
+def tracked_entries(entries: Mapping[str, TrackedSymbol], partitions: Collection[str]) -> tuple[list[TrackedSymbol], list[str]]:
+    """Symbols both registered (start day) and a Dagster partition (can be materialized), and a note per symbol
+    that is a partition without a registry entry."""
+    notes = [f"{s} is a Dagster partition but not in the registry; re-add it with lakehouse symbols add {s}"
+             for s in sorted(set(partitions) - set(entries))]
+    return [e for s, e in sorted(entries.items()) if s in partitions], notes
+
+
+def last_runs(runs: Iterable[RunSummary], symbol_order: Sequence[str]) -> dict[str, dict]:
+    """symbol -> its newest run (runs come newest first): status, run id and when it ended (or started)."""
+    out: dict[str, dict] = {}
+    for run in runs:
+        for symbol in {s for s, _ in covered_partitions(run.tags, symbol_order) or ()}:
+            if symbol not in out:
+                out[symbol] = {"status": run.status, "run_id": run.run_id,
+                               "at": dt.datetime.fromtimestamp(run.at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return out
+
+
+def in_flight(runs: Iterable[RunSummary], symbol_order: Sequence[str]) -> dict[str, set[dt.date]]:
+    """symbol -> days that a queued or running run covers."""
+    out: dict[str, set[dt.date]] = {}
+    for run in runs:
+        if run.status in ACTIVE_RUN_STATUSES:
+            for symbol, day in covered_partitions(run.tags, symbol_order) or ():
+                out.setdefault(symbol, set()).add(day)
+    return out
 
 
 def symbol_rows(audit: Audit, last_runs: dict[str, dict] | None = None) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidSymbolError
+from .errors import InvalidSymbolError, shorten
 
 # ccxt unified spot symbols: upper-case alphanumerics, one slash. Anything else (dots, backslashes,
 # whitespace, '|', which Dagster uses to join multi-partition keys) is refused before it reaches a path.
@@ -16,11 +16,12 @@ def validate_symbol(symbol: str) -> str:
     """Return the symbol in canonical upper-case form, or raise InvalidSymbolError saying how to write it."""
     if not isinstance(symbol, str):
         raise InvalidSymbolError(f"symbol must be a string like 'BTC/USDT', got {symbol!r}")
-    canonical = symbol.strip().upper()
+    # ASCII first: str.upper() folds look-alikes ('ſ' -> 'S', 'ﬀ' -> 'FF') into a different, valid symbol.
+    canonical = symbol.strip().upper() if symbol.isascii() else ""
     if not _SYMBOL_RE.match(canonical):
         raise InvalidSymbolError(
-            f"invalid symbol {symbol!r}: use the exchange's unified form BASE/QUOTE with letters and "
-            f"digits only, e.g. 'BTC/USDT'"
+            f"invalid symbol {shorten(symbol)!r}: use the exchange's unified form BASE/QUOTE with ASCII letters "
+            f"and digits only, e.g. 'BTC/USDT'"
         )
     return canonical
 

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from typing import Callable, Iterator
 
-from .errors import InvalidDateError
+from .errors import InvalidDateError, shorten
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -28,7 +28,7 @@ def parse_day(value: str | dt.date, what: str = "date") -> dt.date:
     try:
         return dt.date.fromisoformat(str(value).strip())
     except ValueError:
-        raise InvalidDateError(f"invalid {what} {value!r}: expected YYYY-MM-DD, e.g. 2024-01-31") from None
+        raise InvalidDateError(f"invalid {what} {shorten(value)!r}: expected YYYY-MM-DD, e.g. 2024-01-31") from None
 
 
 def check_range(start: dt.date, end: dt.date) -> None:

@@ -6,7 +6,6 @@ SkipReason or in each run's tags.
 """
 
 
-import datetime as dt
 import hashlib
 import json
 import time
@@ -16,7 +15,6 @@ from dagster import (
     AssetCheckKey,
     AssetKey,
     AssetSelection,
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -26,90 +24,34 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import SYMBOLS_PARTITION, parse_partition_key, symbol_day_partitions
-from lakehouse.audit import Audit, Auditor, RepairRequest, audited_layers
+# The instance's view of the audit lives below both this sensor and the symbol_freshness check (which this sensor
+# records); its names stay importable from here.
+from assets.instance_audit import (  # noqa: F401
+    ACTIVE_STATUSES,
+    SYMBOL_FRESHNESS_CHECK,
+    audit_now,
+    in_flight_partitions,
+    last_runs_by_symbol,
+    partitioned_keys,
+    tracked_symbols,
+)
+from assets.partitions import symbol_day_partitions
+from assets.symbol_freshness import freshness_evaluation
+from lakehouse.audit import Audit, RepairRequest
 from lakehouse.config import Settings
-from lakehouse.registry import Registry, TrackedSymbol
-from lakehouse.run_tags import covered_partitions, range_tags
+from lakehouse.run_tags import range_tags
 from lakehouse.schema import RAW_OHLCV
 from resources import ExchangeResource, LakehouseResource
 from sensors.cursor import load_cursor
 
 REPAIR_SENSOR_NAME = "lakehouse_repair"
-SYMBOL_FRESHNESS_CHECK = "symbol_freshness"
-# Queued runs count: a request the daemon has not started yet must not be requested again.
-ACTIVE_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-                   DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 FRESHNESS_REPORT_EVERY_MS = 10 * 60_000
 # Time a tick may spend re-reading changed files; a cold manifest of a big lakehouse fills over a few ticks
 # instead of running into the sensor timeout (60 s by default).
 READ_BUDGET_S = 20.0
 
 
-# what Dagster knows ---------------------------------------------------------------------------------
-def tracked_symbols(instance, registry: Registry) -> tuple[list[TrackedSymbol], list[str]]:
-    """Symbols that are both registered (start day) and a Dagster partition (can be materialized)."""
-    partitions = set(instance.get_dynamic_partitions(SYMBOLS_PARTITION))
-    entries = registry.load()
-    notes = [f"{s} is a Dagster partition but not in the registry; re-add it with lakehouse symbols add {s}"
-             for s in sorted(partitions - set(entries))]
-    return [e for s, e in sorted(entries.items()) if s in partitions], notes
-
-
-def in_flight_partitions(instance) -> dict[str, set[dt.date]]:
-    """symbol -> days that a queued or running run, or a backfill still in progress, already covers."""
-    out: dict[str, set[dt.date]] = {}
-    order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
-    for record in instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES)):
-        for symbol, day in covered_partitions(record.dagster_run.tags, order) or ():
-            out.setdefault(symbol, set()).add(day)
-    try:
-        from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
-
-        backfills = instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED]))
-    except Exception:
-        backfills = []
-    for backfill in backfills:
-        data = backfill.asset_backfill_data if backfill.is_asset_backfill else None
-        if data is None:
-            continue
-        for akpk in data.target_subset.iterate_asset_partitions():
-            if akpk.partition_key and "|" in akpk.partition_key:
-                symbol, day = parse_partition_key(akpk.partition_key)
-                out.setdefault(symbol, set()).add(day)
-    return out
-
-
-def last_runs_by_symbol(instance, limit: int = 300) -> dict[str, dict]:
-    """The newest finished-or-running run of each symbol among the last `limit` runs (one query)."""
-    out: dict[str, dict] = {}
-    order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
-    for record in instance.get_run_records(limit=limit):
-        run = record.dagster_run
-        for symbol in {s for s, _ in covered_partitions(run.tags, order) or ()}:
-            if symbol not in out:
-                ended = record.end_time or record.start_time or record.create_timestamp.timestamp()
-                out[symbol] = {"status": run.status.value, "run_id": run.run_id,
-                               "at": dt.datetime.fromtimestamp(ended, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    return out
-
-
-def exchange_now(exchange: ExchangeResource) -> tuple[str, int]:
-    """The configured exchange's id and its clock (pinned in tests, the wall clock for real exchanges)."""
-    client = exchange.client()
-    try:
-        return client.id, client.now_ms()
-    finally:
-        client.close()
-
-
 # from the plan to RunRequests -------------------------------------------------------------------------
-def partitioned_keys(asset_graph) -> list[AssetKey]:
-    """Every asset on the symbol x day partitioning, the ones a range run can carry."""
-    return [k for k in asset_graph.materializable_asset_keys
-            if asset_graph.get(k).partitions_def == symbol_day_partitions]
-
-
 def selection_for(request: RepairRequest, asset_graph) -> tuple[list[AssetKey], list[AssetCheckKey]]:
     """The request's layers plus every partitioned asset downstream of them, and those assets' checks
     except the per-symbol freshness check (a report over all symbols, not a property of this range)."""
@@ -147,22 +89,6 @@ def run_requests(audit: Audit, requests: Sequence[RepairRequest], asset_graph) -
     return out
 
 
-def audit_now(instance, lakehouse: LakehouseResource, exchange: ExchangeResource, asset_graph,
-              settings: Settings | None = None, layers: Sequence[str] | None = None,
-              read_budget_s: float | None = None) -> tuple[Audit, list[str]]:
-    """One audit of the whole lakehouse as Dagster sees it: tracked symbols, in-flight runs, present layers."""
-    settings = settings or Settings.from_env()
-    storage = lakehouse.storage()
-    tracked, notes = tracked_symbols(instance, lakehouse.registry())
-    exchange_id, now_ms = exchange_now(exchange)
-    if layers is None:
-        layers = audited_layers(k.to_user_string() for k in partitioned_keys(asset_graph))
-    audit = Auditor(storage, settings, layers, read_budget_s=read_budget_s).run(
-        tracked, now_ms, in_flight=in_flight_partitions(instance), exchange=exchange_id)
-    audit.notes[:0] = notes
-    return audit, notes
-
-
 # the sensor -------------------------------------------------------------------------------------------
 def build_repair_sensor(
     assets: Sequence = (),
@@ -175,6 +101,9 @@ def build_repair_sensor(
     keys = [k for a in assets if getattr(a, "partitions_def", None) == symbol_day_partitions for k in a.keys]
     if not keys:
         keys = [AssetKey(RAW_OHLCV)]
+    # Tables built from the partitioned layers (scores) are rebuilt by this sensor too, once those settle.
+    keys += [k for a in assets if getattr(a, "partitions_def", None) is None
+             and any(dep in keys for dep in getattr(a, "dependency_keys", ())) for k in a.keys]
     interval = minimum_interval_seconds or Settings.from_env().repair_interval_s
 
     @sensor(
@@ -201,6 +130,10 @@ def build_repair_sensor(
         for note in audit.notes:
             context.log.warning(note)
         if not requests:
+            tables, why = table_requests(context.instance, asset_graph, lakehouse.storage(), audit)
+            if tables:
+                context.log.info(f"requesting a rebuild of {', '.join(why)}")
+                return SensorResult(run_requests=tables, cursor=json.dumps(cursor))
             return SensorResult(skip_reason=SkipReason(f"nothing to request: {summary}; audit took {elapsed:.2f}s"),
                                 cursor=json.dumps(cursor))
         context.log.info(f"requesting {len(requests)} run(s)"
@@ -210,13 +143,51 @@ def build_repair_sensor(
     return _repair
 
 
+def table_keys(asset_graph) -> list[AssetKey]:
+    """Unpartitioned assets built from the symbol x day layers (scores): one table each, rebuilt whole."""
+    partitioned = set(partitioned_keys(asset_graph))
+    return sorted((k for k in asset_graph.materializable_asset_keys
+                   if asset_graph.get(k).partitions_def is None and asset_graph.get(k).parent_keys & partitioned),
+                  key=lambda k: k.to_user_string())
+
+
+def table_requests(instance, asset_graph, storage, audit: Audit) -> tuple[list[RunRequest], list[str]]:
+    """A rebuild of each table whose inputs were materialized after it (or that was never built, or whose file
+    is gone), once no run is queued or running: a table rebuilt mid-repair would be stale again at once.
+
+    The run key names the newest input and the table's own last materialization, so a rebuild is requested
+    once per change of its inputs (a failed rebuild is retried when new input lands, not every tick)."""
+    keys = table_keys(asset_graph)
+    if not keys or instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES), limit=1):
+        return [], []
+    requests, why = [], []
+    for key in keys:
+        parents = sorted(asset_graph.get(key).parent_keys, key=lambda k: k.to_user_string())
+        latest = {r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+                  for r in instance.get_asset_records([key, *parents])}
+        inputs = max((latest[p].storage_id for p in parents if latest.get(p) is not None), default=None)
+        if inputs is None:
+            continue  # nothing to build it from yet
+        own = latest.get(key)
+        own_id = own.storage_id if own is not None else 0
+        name = key.to_user_string()
+        gone = own is not None and not storage.table_path(name).exists()
+        if own is not None and own_id > inputs and not gone:
+            continue
+        reason = "never built" if own is None else ("its file is missing" if gone else "inputs changed since built")
+        why.append(f"{name} ({reason})")
+        requests.append(RunRequest(run_key=f"{name}:{inputs}:{own_id}", asset_selection=[key],
+                                   tags={"lakehouse/launched_by": REPAIR_SENSOR_NAME, "lakehouse/repair": "rebuild",
+                                         "lakehouse/reasons": f"{name}: {reason}",
+                                         "lakehouse/audit": audit.summary()[:250]}))
+    return requests, why
+
+
 def _report_freshness(context: SensorEvaluationContext, audit: Audit, asset_graph, cursor: dict) -> None:
     """Record the per-symbol freshness check (runless) when its table changed, or every 10 minutes."""
     key = AssetCheckKey(AssetKey(RAW_OHLCV), SYMBOL_FRESHNESS_CHECK)
     if key not in asset_graph.asset_check_keys:
         return
-    from assets.symbol_freshness import freshness_evaluation
-
     evaluation, digest_source = freshness_evaluation(audit, last_runs_by_symbol(context.instance))
     digest = hashlib.sha1(digest_source.encode()).hexdigest()[:16]
     now = int(time.time() * 1000)

@@ -104,7 +104,7 @@ def test_backfill_failure_exits_1_naming_what_failed(run):
 
 
 def test_query_formats_and_bad_sql(run):
-    assert run("query", "select 1 as a, 'x' as b", "--format", "json").output.strip() == '[\n  {\n    "a": 1,\n    "b": "x"\n  }\n]'
+    assert run("query", "select 1 as a, 'x' as b", "--format", "json").stdout.strip() == '[\n  {\n    "a": 1,\n    "b": "x"\n  }\n]'
     bad = run("query", "select * from nowhere")
     assert bad.exit_code == 2 and "query failed" in bad.output
 

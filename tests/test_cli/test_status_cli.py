@@ -35,6 +35,7 @@ def run(monkeypatch, tmp_path):
 
     exchange = [SimulatedExchangeResource(outage_rate=0.0, now_ms=NOW_MS)]
     monkeypatch.setattr(definitions, "build_resources", resources)
+    monkeypatch.setattr("cli.status.now_ms", lambda: NOW_MS)  # status reads the clock without building resources
 
     def invoke(*args):
         return CliRunner().invoke(cli, list(args), catch_exceptions=False)

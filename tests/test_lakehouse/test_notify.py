@@ -162,9 +162,10 @@ def test_redact_keeps_only_scheme_and_host():
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("LAKEHOUSE_WEBHOOK_URL", "hooks.slack.com/services/x", "LAKEHOUSE_WEBHOOK_URL='hooks.slack.com/services/x' must be an http"),
-    ("LAKEHOUSE_WEBHOOK_URL", "ftp://example.org/hook", "LAKEHOUSE_WEBHOOK_URL='ftp://example.org/hook' must be an http"),
-    ("LAKEHOUSE_WEBHOOK_URL", "http://127.0.0.1:notaport/x", "LAKEHOUSE_WEBHOOK_URL='http://127.0.0.1:notaport/x' has an invalid port"),
+    # The webhook's path is its token: the message shows the scheme and host at most.
+    ("LAKEHOUSE_WEBHOOK_URL", "hooks.slack.com/services/x", "LAKEHOUSE_WEBHOOK_URL='<not a URL, value hidden>' must be an http"),
+    ("LAKEHOUSE_WEBHOOK_URL", "ftp://example.org/hook", "LAKEHOUSE_WEBHOOK_URL='ftp://example.org/...' must be an http"),
+    ("LAKEHOUSE_WEBHOOK_URL", "http://127.0.0.1:notaport/x", "LAKEHOUSE_WEBHOOK_URL='http://127.0.0.1:notaport/...' has an invalid port"),
     ("LAKEHOUSE_UI_URL", "localhost:3000", "LAKEHOUSE_UI_URL='localhost:3000' must be an http"),
     ("LAKEHOUSE_UI_URL", "http://", "LAKEHOUSE_UI_URL='http://' must be an http"),
 ])

@@ -3,9 +3,12 @@
 import asyncio
 import datetime as dt
 import json
+import logging
 import time
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from dagster import (
     AssetMaterialization,
     DagsterEventType,
@@ -26,6 +29,9 @@ from dagster._daemon.freshness import FreshnessDaemon
 
 from assets.raw import raw_ohlcv
 from assets.symbol_freshness import symbol_freshness
+from cli.main import cli
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
 from lakehouse.notify import DeliveryLog, redact
 from lakehouse.registry import Registry, TrackedSymbol
 from lakehouse.storage import Storage
@@ -221,3 +227,50 @@ def test_an_asset_freshness_change_to_warn_notifies_once(instance, root, hook):
     tick(notify_freshness, instance, root, fresh_start.cursor)
     assert len(hook.messages) == 2
     assert json.loads(fresh_start.cursor)["event_id"] > 0
+
+
+# the token never leaks -----------------------------------------------------------------------------
+SECRETS = ("T0KENxyz42", "B0TSECRET", "pa55word", "q1secret")
+
+
+def _webhook(host_port: str) -> str:
+    return f"http://alerts:pa55word@{host_port}/services/T0KENxyz42/B0TSECRET?sig=q1secret"
+
+
+def _leaks(text: str) -> list[str]:
+    return [s for s in SECRETS if s in text]
+
+
+@pytest.mark.parametrize("receiver", ["refusing", "dead"])
+def test_a_failed_delivery_leaves_no_token_in_any_file_log_or_output(instance, root, tmp_path, monkeypatch, capfd,
+                                                                     caplog, receiver):
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # urllib3 logs each request line at DEBUG
+    with WebhookReceiver(statuses=[500, 500]) as hook:
+        host_port = hook.url.split("/")[2] if receiver == "refusing" else f"127.0.0.1:{free_port()}"
+        monkeypatch.setenv("LAKEHOUSE_WEBHOOK_URL", _webhook(host_port))
+        first = tick(notify_run_failure, instance, root)
+        fail_a_run(instance, root)
+        result = tick(notify_run_failure, instance, root, first.cursor)
+        assert hook.requests == (2 if receiver == "refusing" else 0)  # the retry went out too
+    assert [r.error for r in result.dagster_run_reactions] == [None]
+    [entry] = DeliveryLog(Storage(root)).load()
+    assert (entry["sent"], entry["attempts"]) == (False, 2)
+    assert entry["channel"] == f"webhook http://{host_port}"
+    assert entry["error"].startswith("HTTP 500" if receiver == "refusing" else "ConnectionError")
+
+    health = CliRunner().invoke(cli, ["health", "--json"])
+    notifications = next(c for c in json.loads(health.stdout)["components"] if c["component"] == "notifications")
+    assert notifications["state"] == "degraded" and host_port in notifications["reason"]
+
+    out, err = capfd.readouterr()
+    assert "127.0.0.1" in caplog.text or receiver == "dead"
+    assert _leaks(health.output + out + err + caplog.text) == []
+    for path in Path(tmp_path).rglob("*"):  # the lakehouse, the Dagster instance (event log, ticks), everything
+        if path.is_file():
+            assert _leaks(path.read_bytes().decode("latin-1")) == [], path
+
+
+def test_a_malformed_webhook_url_is_refused_without_showing_its_path():
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"LAKEHOUSE_WEBHOOK_URL": "https://hooks.example.org:99999/services/T0KENxyz42/B0TSECRET"})
+    assert "hooks.example.org" in str(exc.value) and _leaks(str(exc.value)) == []

@@ -9,6 +9,7 @@ import pytest
 from dagster import (
     AssetCheckKey,
     AssetKey,
+    AssetMaterialization,
     BackfillPolicy,
     DagsterRunStatus,
     Definitions,
@@ -254,3 +255,31 @@ def test_per_symbol_freshness_is_recorded_for_the_ui(instance, root):
     table = evaluation.metadata["symbols"].value
     assert "| BTC/USDT | 2024-03-10T12:33:00Z | 0 min | fresh | 100.000% (6/6 days) | 0 (0 min) | 0 (0 min) | SUCCESS" in table
     assert evaluation.metadata["fresh_symbols"].value == 1
+
+
+def test_scores_are_kept_current_by_the_repair_loop_alone(instance, root):
+    """`lakehouse dev` with only the sensor: after the partitioned layers settle, one tick rebuilds the scores
+    table, again when a repair rewrote its inputs, and not while they are unchanged."""
+    from assets.derived import DERIVED_ASSETS
+
+    lake = Lake(instance, root, assets=[raw_ohlcv, *DERIVED_ASSETS])
+    lake.track("BTC/USDT", start=dt.date(2024, 3, 10))
+    first = lake.tick()
+    assert [sorted(k.to_user_string() for k in r.asset_selection) for r in first.run_requests] == [
+        ["clean_bars", "indicators", "raw_ohlcv", "rejected_candles", "signals"]]
+    lake.run(first)
+
+    def scores_requests():
+        result = lake.tick()
+        return [(r.tags["lakehouse/reasons"], [k.to_user_string() for k in r.asset_selection]) for r in result.run_requests]
+
+    assert scores_requests() == [("scores: never built", ["scores"])]
+    run = materialize(lake.assets, selection=[AssetKey("scores")], instance=instance, resources=lake.resources)
+    assert run.success and lake.storage.table_path("scores").exists()
+    assert skipped(lake.tick()).startswith("nothing to request")
+
+    # New signals (a repair, a backfill from the UI) make the table out of date.
+    instance.report_runless_asset_event(AssetMaterialization("signals", partition="2024-03-10|BTC/USDT"))
+    assert scores_requests() == [("scores: inputs changed since built", ["scores"])]
+    lake.storage.table_path("scores").unlink()  # a lost file is rebuilt, like any partition
+    assert scores_requests() == [("scores: its file is missing", ["scores"])]

@@ -75,6 +75,13 @@ def _local_runs(instance, now: float) -> h.Component:
                             count(DagsterRunStatus.CANCELED), failed[0].dagster_run.run_id if failed else None)
 
 
+def _local_stuck(instance) -> h.Component:
+    from sensors.run_guard import dead_runs, leaked_slots
+
+    return h.stuck_runs_component([{**d.as_dict(), "text": str(d)} for d in dead_runs(instance)],
+                                  [{**x.as_dict(), "text": str(x)} for x in leaked_slots(instance)])
+
+
 def local_health(s: Settings, now: float) -> tuple[list[h.Component], str]:
     from .instance import ensure_dagster_home, get_instance
 
@@ -87,7 +94,8 @@ def local_health(s: Settings, now: float) -> tuple[list[h.Component], str]:
         why = "the instance storage does not answer"
         exchange, disk, notifications = _common(s)
         return [h.storage_component(_short(exc), f"instance storage in {home}"), h.unknown(h.DAEMON, why),
-                h.unknown(h.REPAIR_SENSOR, why), exchange, disk, h.unknown(h.RUNS, why), notifications], home
+                h.unknown(h.REPAIR_SENSOR, why), exchange, disk, h.unknown(h.RUNS, why),
+                h.unknown(h.STUCK_RUNS, why), notifications], home
     beats = [h.DaemonBeat(st.daemon_type, st.last_heartbeat.timestamp if st.last_heartbeat else None,
                           tuple(e.message for e in (st.last_heartbeat.errors or [])) if st.last_heartbeat else ())
              for st in statuses.values() if st.required]
@@ -95,7 +103,7 @@ def local_health(s: Settings, now: float) -> tuple[list[h.Component], str]:
     ticking = h.daemon_alive(beats, now)
     exchange, disk, notifications = _common(s)
     return [storage, h.daemon_component(beats, now, local=True), _local_sensor(instance, s, now, ticking), exchange,
-            disk, _local_runs(instance, now), notifications], home
+            disk, _local_runs(instance, now), _local_stuck(instance), notifications], home
 
 
 # remote: a deployment's GraphQL API ---------------------------------------------------------------------
@@ -195,6 +203,8 @@ def health(url, timeout, as_json):
       exchange       down: unreachable; degraded: < 20% request-weight headroom
       disk           down: LAKEHOUSE_ROOT unreadable or < 100 MiB free; degraded: < 1 GiB or < 5% free
       runs           degraded: > 20% of the runs finished in the last 24 h failed
+      stuck_runs     degraded: a run not finished whose process is gone, or a pool
+                     slot held by a finished run
       notifications  degraded: the last webhook delivery failed
     Overall: down if storage, daemon or disk is down, else degraded if anything is not ok.
     With --url the exchange, disk and notifications are checked from this machine's settings.

@@ -335,7 +335,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, url, wait, timeout):
     plan = plan_days(instance, s, names, start_day, end_day, echo=echo)
     partitions = sum(len(d) for d in plan.values())
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
-        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables)
+        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables, timeout_s=timeout)
     failed = [o for o in outcomes if not o.success]
     summary = {
         "partitions": partitions,

@@ -77,8 +77,9 @@ class Duration(click.ParamType):
 def remote_options(func):
     """--url, --wait/--no-wait and --timeout, shared by every command that can work on a deployment."""
     func = click.option("--timeout", type=Duration(), default=None,
-                        help=f"With --url: stop waiting after this long (seconds, or 90s, 15m, 1h); exit 3, the "
-                             f"backfill keeps running. Default {DEFAULT_TIMEOUT}.")(func)
+                        help=f"Stop after this long (seconds, or 90s, 15m, 1h); exit 3. In-process the run in progress "
+                             f"is canceled (no default limit); with --url the backfill keeps running (default "
+                             f"{DEFAULT_TIMEOUT}).")(func)
     func = click.option("--wait/--no-wait", default=None,
                         help="With --url: wait for the backfill with live progress (default), or exit 0 as soon "
                              "as the deployment accepted it.")(func)
@@ -93,8 +94,8 @@ def check_local_flags(url: str | None, wait: bool | None, timeout: float | None)
 
     if url:
         return
-    if wait is not None or timeout is not None:
-        flag = "--timeout" if timeout is not None else ("--wait" if wait else "--no-wait")
+    if wait is not None:  # --timeout also bounds in-process work (cli/runner.py)
+        flag = "--wait" if wait else "--no-wait"
         raise UsageFailure(f"{flag} applies to remote mode only; add --url http://HOST:PORT (or set DAGSTER_URL), "
                            f"or drop {flag} to run in-process")
 

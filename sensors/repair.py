@@ -34,6 +34,7 @@ from lakehouse.run_tags import covered_partitions, range_tags
 from lakehouse.schema import RAW_OHLCV
 from resources import ExchangeResource, LakehouseResource
 from sensors.cursor import load_cursor
+from sensors.run_guard import process_gone, reap
 
 REPAIR_SENSOR_NAME = "lakehouse_repair"
 SYMBOL_FRESHNESS_CHECK = "symbol_freshness"
@@ -61,6 +62,8 @@ def in_flight_partitions(instance) -> dict[str, set[dt.date]]:
     out: dict[str, set[dt.date]] = {}
     order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
     for record in instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES)):
+        if process_gone(record.dagster_run):  # a killed CLI's run: nothing is coming, so it is repairable
+            continue
         for symbol, day in covered_partitions(record.dagster_run.tags, order) or ():
             out.setdefault(symbol, set()).add(day)
     try:
@@ -187,6 +190,8 @@ def build_repair_sensor(
     )
     def _repair(context: SensorEvaluationContext, lakehouse: LakehouseResource, exchange: ExchangeResource):
         started = time.perf_counter()
+        for line in reap(context.instance, f"sensor {name}").lines():  # dead runs failed, leaked slots freed
+            context.log.warning(line)
         settings = Settings.from_env()
         asset_graph = context.repository_def.asset_graph
         audit, _ = audit_now(context.instance, lakehouse, exchange, asset_graph, settings, read_budget_s=READ_BUDGET_S)

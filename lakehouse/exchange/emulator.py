@@ -123,6 +123,7 @@ class BinanceEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         rate_clock: Callable[[], float] = time.time,
+        latency_ms: float = 0.0,
     ):
         """`clock` (ms) decides which candles exist and serverTime; `rate_clock` (epoch seconds) drives weight
         windows, Retry-After and bans, so a test can pin candle time while rate limits still reset in real time."""
@@ -132,6 +133,7 @@ class BinanceEmulator:
         self.weight_limit = int(weight_limit)
         self.weight_window_s = float(weight_window_s)
         self.ban_s = float(ban_s)
+        self.latency_s = max(0.0, float(latency_ms)) / 1000  # added to every API response (a far exchange)
         self.host = host
         self._requested_port = port
         self._lock = threading.Lock()
@@ -588,6 +590,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         resp = self.emulator.handle(method, self.path, self.client_address[0], body)
+        if not self.path.startswith(CONTROL_PREFIX):
+            resp.delay_s += self.emulator.latency_s
         if resp.delay_s and self.emulator._stopping.wait(resp.delay_s):
             self.close_connection = True
             return
@@ -625,10 +629,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="daily chance of an exchange-wide gap in the simulated candles")
     parser.add_argument("--synthetic", type=int, default=0, help="extra SIMnnn/USDT markets (benchmarks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every API response")
     args = parser.parse_args(argv)
     source = SimulatedSource(synthetic=args.synthetic, outage_rate=args.outage_rate, seed=args.seed)
     emulator = BinanceEmulator(source=source, weight_limit=args.weight_limit, weight_window_s=args.window,
-                               ban_s=args.ban, host=args.host, port=args.port).start()
+                               ban_s=args.ban, host=args.host, port=args.port,
+                               latency_ms=args.latency_ms).start()
     print(f"Binance emulator serving on {emulator.url} (ccxt: urls['api']['public'] = '{emulator.url}/api/v3')",
           flush=True)
     try:

@@ -61,3 +61,81 @@ class ProcessStamp:
 
     def __str__(self) -> str:
         return f"pid {self.pid} on {self.host}"
+
+
+# runs and pool slots, judged from plain values (Dagster's objects here, GraphQL answers for `health --url`) --
+# A retry (Dagster's run_retries) copies its parent's tags, process stamp included, but runs in another process.
+PARENT_RUN_TAG = "dagster/parent_run_id"
+LAUNCHED_BY_TAG = "lakehouse/launched_by"
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def short_id(run_id: str) -> str:
+    return run_id[:8]
+
+
+def process_state(tags: Mapping[str, str]) -> str | None:
+    """ALIVE / DEAD / ELSEWHERE for a run that names its process, None for one that does not (or a retry)."""
+    stamp = ProcessStamp.from_tags(tags)
+    if stamp is None or PARENT_RUN_TAG in tags:
+        return None
+    return stamp.state()
+
+
+def run_label(tags: Mapping[str, str], job_name: str = "") -> str:
+    """'BTC/USDT 2024-01-01..2024-01-07, cli, pid 123 on host': what a run is, for people."""
+    from .run_tags import describe_partitions
+
+    stamp = ProcessStamp.from_tags(tags)
+    parts = [describe_partitions(tags) or job_name, tags.get(LAUNCHED_BY_TAG), str(stamp) if stamp else None]
+    return ", ".join(p for p in parts if p)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadRun:
+    run_id: str
+    status: str
+    label: str
+    started_at: str | None
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "text": str(self)}
+
+    def __str__(self) -> str:
+        since = f" since {self.started_at}" if self.started_at else ""
+        return f"run {short_id(self.run_id)} ({self.label}) {self.status}{since} but its process is gone"
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakedSlot:
+    pool: str
+    run_id: str
+    step_key: str | None
+    status: str  # the run's final status, or "DELETED"
+    claimed: bool  # a claimed slot (False: a queued claim that would be handed a slot)
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "text": str(self)}
+
+    def __str__(self) -> str:
+        what = "holds a slot" if self.claimed else "has a queued claim"
+        return f"run {short_id(self.run_id)} ({self.status}) {what} in pool '{self.pool}'"
+
+
+def leaked(held: list[tuple[str, str, str | None, bool]], statuses: Mapping[str, str]) -> list[LeakedSlot]:
+    """Of (pool, run_id, step_key, claimed) entries, those whose run has finished or no longer exists
+    (`statuses`: run_id -> status name, for the runs that exist)."""
+    out = []
+    for pool, run_id, step_key, claimed in held:
+        status = statuses.get(run_id, "DELETED")
+        if status in FINISHED or status == "DELETED":
+            out.append(LeakedSlot(pool, run_id, step_key, status, claimed))
+    return out
+
+
+def holdings(pool: str, claimed, pending) -> list[tuple[str, str, str | None, bool]]:
+    """(pool, run_id, step_key, claimed) for a pool's claimed slots (run_id, step_key) and its queued claims
+    (a claimed step stays queued until it frees its slot; it is listed once)."""
+    claimed = list(claimed)
+    taken = set(claimed)
+    return [(pool, r, s, True) for r, s in claimed] + [(pool, r, s, False) for r, s in pending if (r, s) not in taken]

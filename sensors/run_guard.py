@@ -20,19 +20,13 @@ from typing import Iterable
 
 from dagster import DagsterRunStatus, RunsFilter
 from dagster._core.events import JobFailureData, RunFailureReason
-from dagster._core.storage.tags import PARENT_RUN_ID_TAG
 
-from lakehouse.liveness import DEAD, ProcessStamp
-from lakehouse.run_tags import describe_partitions
+from lakehouse.liveness import (DEAD, DeadRun, LeakedSlot, ProcessStamp, holdings, leaked, process_state, run_label,
+                                short_id)
 
 # A run in these states should have a live process behind it.
 LIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
                  DagsterRunStatus.CANCELING]
-LAUNCHED_BY_TAG = "lakehouse/launched_by"
-
-
-def short_id(run_id: str) -> str:
-    return run_id[:8]
 
 
 def _utc(ts: float | None) -> str | None:
@@ -41,61 +35,15 @@ def _utc(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_label(run) -> str:
-    """'BTC/USDT 2024-01-01..2024-01-07, lakehouse backfill, pid 123 on host': what a run is, for people."""
-    parts = [describe_partitions(run.tags) or run.job_name, run.tags.get(LAUNCHED_BY_TAG)]
-    stamp = ProcessStamp.from_tags(run.tags)
-    if stamp is not None:
-        parts.append(str(stamp))
-    return ", ".join(p for p in parts if p)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeadRun:
-    run_id: str
-    status: str
-    label: str
-    started_at: str | None
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def __str__(self) -> str:
-        since = f" since {self.started_at}" if self.started_at else ""
-        return f"run {short_id(self.run_id)} ({self.label}) {self.status}{since} but its process is gone"
-
-
-@dataclasses.dataclass(frozen=True)
-class LeakedSlot:
-    pool: str
-    run_id: str
-    step_key: str | None
-    status: str  # the run's final status, or "DELETED"
-    claimed: bool  # a claimed slot (False: a queued claim that would be handed a slot)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def __str__(self) -> str:
-        what = "holds a slot" if self.claimed else "has a queued claim"
-        return f"run {short_id(self.run_id)} ({self.status}) {what} in pool '{self.pool}'"
-
-
-def _is_ours_to_judge(run) -> bool:
-    # A retry (run_retries) copies its parent's tags, process stamp included, but runs in another process.
-    return PARENT_RUN_ID_TAG not in run.tags
-
-
 def dead_runs(instance) -> list[DeadRun]:
     """Unfinished runs whose recorded process, on this host, no longer exists."""
     out = []
     for record in instance.get_run_records(RunsFilter(statuses=LIVE_STATUSES)):
         run = record.dagster_run
-        stamp = ProcessStamp.from_tags(run.tags)
-        if stamp is None or not _is_ours_to_judge(run) or stamp.state() != DEAD:
+        if process_state(run.tags) != DEAD:
             continue
         started = record.start_time or record.create_timestamp.timestamp()
-        out.append(DeadRun(run.run_id, run.status.value, run_label(run), _utc(started)))
+        out.append(DeadRun(run.run_id, run.status.value, run_label(run.tags, run.job_name), _utc(started)))
     return out
 
 
@@ -110,21 +58,13 @@ def _concurrency_infos(instance) -> dict:
 def leaked_slots(instance, infos: dict | None = None) -> list[LeakedSlot]:
     """Slots (and queued claims) held by runs that have finished or no longer exist."""
     infos = _concurrency_infos(instance) if infos is None else infos
-    held: list[tuple[str, str, str | None, bool]] = []
-    for pool, info in infos.items():
-        held += [(pool, s.run_id, s.step_key, True) for s in info.claimed_slots]
-        claimed = {(s.run_id, s.step_key) for s in info.claimed_slots}
-        held += [(pool, p.run_id, p.step_key, False) for p in info.pending_steps if (p.run_id, p.step_key) not in claimed]
+    held = [h for pool, info in infos.items()
+            for h in holdings(pool, [(s.run_id, s.step_key) for s in info.claimed_slots],
+                              [(p.run_id, p.step_key) for p in info.pending_steps])]
     if not held:
         return []
     run_ids = sorted({run_id for _, run_id, _, _ in held})
-    runs = {r.run_id: r for r in instance.get_runs(RunsFilter(run_ids=run_ids))}
-    out = []
-    for pool, run_id, step_key, claimed in held:
-        run = runs.get(run_id)
-        if run is None or run.is_finished:
-            out.append(LeakedSlot(pool, run_id, step_key, run.status.value if run else "DELETED", claimed))
-    return out
+    return leaked(held, {r.run_id: r.status.value for r in instance.get_runs(RunsFilter(run_ids=run_ids))})
 
 
 @dataclasses.dataclass
@@ -235,12 +175,11 @@ def holders(instance, pool: str, info, exclude: str | None = None) -> list[Holde
         if slot.run_id == exclude:
             continue
         run = instance.get_run_by_id(slot.run_id)
-        out.append(Holder(slot.run_id, run_label(run) if run else "deleted run",
+        out.append(Holder(slot.run_id, run_label(run.tags, run.job_name) if run else "deleted run",
                           run.status.value if run else "DELETED", assigned.get((slot.run_id, slot.step_key))))
     return out
 
 
 def process_gone(run) -> bool:
     """True when `run` names a process on this host that no longer exists (read-only; `reap` acts on it)."""
-    stamp = ProcessStamp.from_tags(run.tags)
-    return stamp is not None and _is_ours_to_judge(run) and not run.is_finished and stamp.state() == DEAD
+    return not run.is_finished and process_state(run.tags) == DEAD

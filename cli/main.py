@@ -311,7 +311,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, url, wait, timeout):
         lakehouse backfill --url http://127.0.0.1:3000 --start 2024-01-01 --timeout 30m --json
     """
     from .progress import ProgressDisplay
-    from .runner import run_plan
+    from .runner import exit_on_signals, run_plan
 
     check_local_flags(url, wait, timeout)
     s = settings()
@@ -331,6 +331,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, url, wait, timeout):
         remote_backfill(url, names, start_day, end_day, [*selection, *tables], wait=wait, timeout_s=timeout,
                         as_json=as_json, echo=echo)
         return
+    exit_on_signals()
     instance = get_instance()
     plan = plan_days(instance, s, names, start_day, end_day, echo=echo)
     partitions = sum(len(d) for d in plan.values())

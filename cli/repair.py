@@ -215,8 +215,11 @@ def repair(dry_run, as_json, url, wait, timeout):
         lakehouse repair --url http://127.0.0.1:3000 --timeout 30m
     """
     from .progress import ProgressDisplay
+    from .runner import exit_on_signals
 
     check_local_flags(url, wait, timeout)
+    if not url:
+        exit_on_signals()
     api = connect(url) if url else None
     if not dry_run and not url:
         _reap_dead_runs()  # a dead run's partitions are repairable now, and its slots free for this repair

@@ -78,10 +78,12 @@ class Guard:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if exc_type is None and self._signal is not None:  # arrived after the last run ended: still honoured
+            self.check(None, None, None)
 
     def _on_signal(self, signum, _frame) -> None:
         # Only a flag: the main thread may be inside a database call; the watch loop acts within POLL_S.
@@ -192,6 +194,20 @@ class Guard:
         _say("\n".join(lines))
         sys.stdout.flush()
         os._exit(code)
+
+
+def exit_on_signals() -> None:
+    """Until a run starts (its Guard takes over), Ctrl-C / SIGTERM end the command at once with 130 / 143:
+    planning writes nothing that needs undoing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum, _frame):
+        _say(f"interrupted by {signal.Signals(signum).name} before any run started.")
+        sys.exit(SIGNAL_EXIT[signum])
+
+    for sig in SIGNAL_EXIT:
+        signal.signal(sig, leave)
 
 
 def _refuse_claim(concurrency_key, run_id, step_key, priority=None):

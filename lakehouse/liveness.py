@@ -63,6 +63,20 @@ class ProcessStamp:
         return f"pid {self.pid} on {self.host}"
 
 
+def pid_state(pid: int, started_before: float) -> str:
+    """ALIVE when process `pid` exists on this host and was created by `started_before` (epoch seconds), else
+    DEAD: for a run worker whose pid Dagster recorded, but not its start time."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return DEAD
+        return ALIVE if proc.create_time() <= started_before + START_TOLERANCE_S else DEAD
+    except psutil.NoSuchProcess:
+        return DEAD
+    except psutil.Error:
+        return ALIVE
+
+
 # runs and pool slots, judged from plain values (Dagster's objects here, GraphQL answers for `health --url`) --
 # A retry (Dagster's run_retries) copies its parent's tags, process stamp included, but runs in another process.
 PARENT_RUN_TAG = "dagster/parent_run_id"

@@ -62,7 +62,7 @@ def in_flight_partitions(instance) -> dict[str, set[dt.date]]:
     out: dict[str, set[dt.date]] = {}
     order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
     for record in instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES)):
-        if process_gone(record.dagster_run):  # a killed CLI's run: nothing is coming, so it is repairable
+        if process_gone(instance, record.dagster_run):  # a killed CLI's run: nothing is coming, so it is repairable
             continue
         for symbol, day in covered_partitions(record.dagster_run.tags, order) or ():
             out.setdefault(symbol, set()).add(day)

@@ -5,8 +5,10 @@ process is gone (kill -9, a crash, a reboot), Dagster never hears the run end: i
 counts its partitions in flight, and any pool slot it claimed stays claimed, so every later run that needs the
 pool waits forever. `reap` marks such a run failed (CANCELING ones canceled) with Dagster's own run events and
 frees its slots with `free_concurrency_slots_for_run`; it also frees slots still held by runs that have finished.
-Runs launched by a daemon are Dagster's to watch (run monitoring in dagster.yaml; the code server fails a run
-whose worker died); their leaked slots are freed here too.
+Runs launched by a daemon are first Dagster's to watch (run monitoring in dagster.yaml; the code server fails a
+run whose worker died). When the code server died with the worker (a killed `lakehouse dev`, a reboot) nothing
+would: on a single-host (SQLite) instance the worker pid Dagster recorded ("Started process for run") is checked
+the same way. Their leaked slots are freed here too.
 
 Called by every in-process `lakehouse backfill` / `repair` before it plans and while it waits for a slot, and by
 the repair sensor each tick; `lakehouse health` reports the same findings without changing anything.
@@ -21,8 +23,8 @@ from typing import Iterable
 from dagster import DagsterRunStatus, RunsFilter
 from dagster._core.events import JobFailureData, RunFailureReason
 
-from lakehouse.liveness import (DEAD, DeadRun, LeakedSlot, ProcessStamp, holdings, leaked, process_state, run_label,
-                                short_id)
+from lakehouse.liveness import (DEAD, DeadRun, LeakedSlot, ProcessStamp, holdings, leaked, pid_state,
+                                process_state, run_label, short_id)
 
 # A run in these states should have a live process behind it.
 LIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
@@ -35,12 +37,52 @@ def _utc(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+WORKER_EVENT = "Started process for run (pid: "
+
+
+def single_host(instance) -> bool:
+    """A SQLite instance lives on one machine's disk, so every run worker it records ran on this host."""
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    return isinstance(instance.run_storage, SqliteRunStorage)
+
+
+def run_worker(instance, run_id: str) -> tuple[int, float] | None:
+    """(pid, when) of the run worker Dagster's code server started for `run_id` (its engine event), if any."""
+    from dagster import DagsterEventType
+
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT, ascending=False,
+                                           limit=200).records
+    for record in records:
+        entry = record.event_log_entry
+        if (entry.message or "").startswith(WORKER_EVENT):
+            try:
+                return int(entry.message[len(WORKER_EVENT):].split(")")[0]), entry.timestamp
+            except ValueError:
+                return None
+    return None
+
+
+def _gone(instance, run, local: bool) -> bool:
+    state = process_state(run.tags)
+    if state is not None:
+        return state == DEAD
+    # Launched by a daemon: its code server fails a run whose worker died, but not when it died with it (a
+    # killed `lakehouse dev`, a reboot). On one host the worker's recorded pid tells.
+    if not local:
+        return False
+    worker = run_worker(instance, run.run_id)
+    return worker is not None and pid_state(*worker) == DEAD
+
+
 def dead_runs(instance) -> list[DeadRun]:
-    """Unfinished runs whose recorded process, on this host, no longer exists."""
+    """Unfinished runs whose process is gone: a CLI run's stamped process, or (single host) a daemon-launched
+    run's worker."""
     out = []
+    local = single_host(instance)
     for record in instance.get_run_records(RunsFilter(statuses=LIVE_STATUSES)):
         run = record.dagster_run
-        if process_state(run.tags) != DEAD:
+        if not _gone(instance, run, local):
             continue
         started = record.start_time or record.create_timestamp.timestamp()
         out.append(DeadRun(run.run_id, run.status.value, run_label(run.tags, run.job_name), _utc(started)))
@@ -90,7 +132,8 @@ def reap(instance, by: str) -> Reaped:
         run = instance.get_run_by_id(dead.run_id)
         if run is None or run.is_finished:  # it ended between the two reads
             continue
-        message = (f"The process that ran this run ({ProcessStamp.from_tags(run.tags)}) is gone: killed, crashed "
+        who = ProcessStamp.from_tags(run.tags) if process_state(run.tags) is not None else "its run worker"
+        message = (f"The process that ran this run ({who}) is gone: killed, crashed "
                    f"or its machine restarted. Marked by {by} so its partitions can be repaired and its pool "
                    f"slots are freed.")
         if run.status == DagsterRunStatus.CANCELING:
@@ -180,6 +223,6 @@ def holders(instance, pool: str, info, exclude: str | None = None) -> list[Holde
     return out
 
 
-def process_gone(run) -> bool:
-    """True when `run` names a process on this host that no longer exists (read-only; `reap` acts on it)."""
-    return not run.is_finished and process_state(run.tags) == DEAD
+def process_gone(instance, run) -> bool:
+    """True when `run`'s process is known to be gone (read-only; `reap` acts on it)."""
+    return not run.is_finished and _gone(instance, run, single_host(instance))

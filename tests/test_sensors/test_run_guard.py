@@ -67,3 +67,26 @@ def _failure_message(instance, run_id) -> str:
 
     [event] = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
     return event.message or ""
+
+
+def test_a_daemon_launched_run_whose_worker_died_with_its_code_server_is_failed(instance):
+    """No process stamp: the run worker pid is the one Dagster's code server recorded when it started the run."""
+    from dagster._core.events import EngineEventData
+
+    from sensors.run_guard import reap
+
+    run = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
+                     tags=range_tags("BTC/USDT", START, END))
+    instance.run_storage.add_run(run)
+    dead = exited_stamp()
+    instance.report_engine_event(f"Started process for run (pid: {dead.pid}).", run, EngineEventData.in_process(dead.pid))
+    live = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED)
+    instance.run_storage.add_run(live)
+    me = ProcessStamp.current()
+    instance.report_engine_event(f"Started process for run (pid: {me.pid}).", live, EngineEventData.in_process(me.pid))
+
+    assert [d.run_id for d in dead_runs(instance)] == [run.run_id]
+    assert [d.run_id for d in reap(instance, "test").failed] == [run.run_id]
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(live.run_id).status == DagsterRunStatus.STARTED
+    assert "(its run worker) is gone" in _failure_message(instance, run.run_id)

@@ -17,7 +17,6 @@ from pathlib import Path
 import json
 
 import polars as pl
-import psutil
 import pytest
 from click.testing import CliRunner
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -30,6 +29,8 @@ from lakehouse.exchange.simulated import SimulatedSource
 from lakehouse.liveness import ProcessStamp
 from lakehouse.run_tags import range_tags
 from lakehouse.timeutil import utc_today
+
+from helpers import exited_process_stamp
 
 LAKEHOUSE = str(Path(sys.executable).parent / "lakehouse")
 POOL = "exchange"
@@ -206,18 +207,9 @@ def test_sigterm_while_waiting_for_a_slot_exits_143_at_once(tmp_path, home, inst
     assert slot_holders(instance) == [holder]
 
 
-def dead_stamp() -> ProcessStamp:
-    """The stamp of a process that has exited (as a kill -9 leaves it)."""
-    proc = subprocess.Popen(["sleep", "30"])
-    stamp = ProcessStamp(ProcessStamp.current().host, proc.pid, psutil.Process(proc.pid).create_time())
-    proc.kill()
-    proc.wait()
-    return stamp
-
-
 def test_health_reports_a_run_without_process_and_a_slot_held_by_a_finished_run(home, instance):
     day = utc_today() - dt.timedelta(days=1)
-    dead = fake_run(instance, "BTC/USDT", day, dead_stamp())
+    dead = fake_run(instance, "BTC/USDT", day, exited_process_stamp())
     hold_slot(instance, dead)
     finished = fake_run(instance, "ETH/USDT", day, ProcessStamp.current(), status=DagsterRunStatus.SUCCESS)
     hold_slot(instance, finished, pool="other_pool")

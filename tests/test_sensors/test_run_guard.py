@@ -1,9 +1,7 @@
 """The repair sensor frees what a dead process left behind: a real tick (build_sensor_context) on a real instance."""
 
 import datetime as dt
-import subprocess
 
-import psutil
 from dagster import DagsterRunStatus, Definitions, build_sensor_context
 from dagster._core.storage.dagster_run import DagsterRun
 
@@ -15,17 +13,9 @@ from resources import LakehouseResource, SimulatedExchangeResource
 from sensors.repair import REPAIR_SENSOR_NAME, build_repair_sensor
 from sensors.run_guard import dead_runs, leaked_slots
 
-from helpers import NOW_MS, add_symbols
+from helpers import NOW_MS, add_symbols, exited_process_stamp
 
 START, END = dt.date(2024, 3, 8), dt.date(2024, 3, 10)
-
-
-def exited_stamp() -> ProcessStamp:
-    proc = subprocess.Popen(["sleep", "30"])
-    stamp = ProcessStamp(ProcessStamp.current().host, proc.pid, psutil.Process(proc.pid).create_time())
-    proc.kill()
-    proc.wait()
-    return stamp
 
 
 def test_a_tick_fails_a_dead_cli_run_frees_its_slot_and_requests_its_partitions(instance, root):
@@ -33,7 +23,7 @@ def test_a_tick_fails_a_dead_cli_run_frees_its_slot_and_requests_its_partitions(
     add_symbols(instance, "BTC/USDT")
     dead = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
                       tags={**range_tags("BTC/USDT", START, END), "lakehouse/launched_by": "cli",
-                            **exited_stamp().as_tags()})
+                            **exited_process_stamp().as_tags()})
     instance.run_storage.add_run(dead)
     storage = instance.event_log_storage
     storage.set_concurrency_slots("exchange", 1)
@@ -78,7 +68,7 @@ def test_a_daemon_launched_run_whose_worker_died_with_its_code_server_is_failed(
     run = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
                      tags=range_tags("BTC/USDT", START, END))
     instance.run_storage.add_run(run)
-    dead = exited_stamp()
+    dead = exited_process_stamp()
     instance.report_engine_event(f"Started process for run (pid: {dead.pid}).", run, EngineEventData.in_process(dead.pid))
     live = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED)
     instance.run_storage.add_run(live)

@@ -284,9 +284,31 @@ class BackfillWatcher:
         note = ", ".join(notes[:2]) + (f" +{len(notes) - 2}" if len(notes) > 2 else "")
         if queued:
             note = f"{note} ({queued} run(s) queued)".strip()
+        waiting = self._waiting(running, [r for runs in self.runs.values() for r in runs
+                                          if r.status in ("QUEUED", "NOT_STARTED")])
+        if waiting:
+            note = f"{note}; {waiting}".strip("; ")
         self.display.update(total=sum(a.targeted for a in assets), done=sum(a.materialized for a in assets),
                             failed=sum(a.failed for a in assets), running=sum(a.in_progress for a in assets),
                             rows=sum(self.candles_by_run.values()), note=note)
+
+    def _waiting(self, running: list[RunInfo], queued: list[RunInfo]) -> str | None:
+        """What our runs wait for: a started run for a pool slot, or a queued run for a pool that is full (the
+        run queue holds back runs whose pools are), and which runs hold it."""
+        from lakehouse.liveness import busy_in, run_label, waiting_in
+
+        if not running and not queued:
+            return None
+        pools = self.api.pools()
+        waiting = next((w for w in (waiting_in(pools, r.run_id) for r in running) if w is not None), None)
+        if waiting is None and queued:
+            needed = {p for ps in self.api.run_pools([r.run_id for r in queued]).values() for p in ps}
+            waiting = busy_in([p for p in pools if p.pool in needed])
+        if waiting is None:
+            return None
+        ids = [h.run_id for h in waiting.holders[:2]]
+        holders = self.api.runs(limit=len(ids), run_ids=ids) if ids else []
+        return waiting.text({r.run_id: run_label(r.tags, r.job or "") for r in holders})
 
     def wait(self) -> str:
         """'finished' or 'timeout'; raises DeploymentFailure when the deployment stays unreachable or refuses."""

@@ -70,7 +70,6 @@ class Guard:
         self._signal: int | None = None
         self._previous: dict = {}
         self.finished: list[RangeOutcome] = []
-        self.remaining_ranges = 0
 
     def __enter__(self) -> "Guard":
         if threading.current_thread() is threading.main_thread():
@@ -124,9 +123,8 @@ class Guard:
         busy = pool_is_busy(self.instance, pools)
         started, last_reap = time.monotonic(), 0.0
         while busy is not None:
-            text = f"{busy.text()}; waited {time.monotonic() - started:.0f}s"
-            self._note(text)
-            self.check(None, None, busy.text())
+            self._note(f"{busy}; waited {time.monotonic() - started:.0f}s")
+            self.check(None, None, busy)
             if time.monotonic() - last_reap >= WAIT_CHECK_S * 2:
                 self.reap()
                 last_reap = time.monotonic()
@@ -157,7 +155,7 @@ class Guard:
                 waiting, wait_started = None, None
                 continue
             wait_started = wait_started or now
-            waiting = state.text()
+            waiting = state
             self._note(f"{waiting}; waited {now - wait_started:.0f}s")
             if now - last_reap >= WAIT_CHECK_S * 2:
                 self.reap()

@@ -153,3 +153,72 @@ def holdings(pool: str, claimed, pending) -> list[tuple[str, str, str | None, bo
     claimed = list(claimed)
     taken = set(claimed)
     return [(pool, r, s, True) for r, s in claimed] + [(pool, r, s, False) for r, s in pending if (r, s) not in taken]
+
+
+# who holds a pool ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PoolState:
+    """One pool as Dagster's concurrency tables hold it (read from the instance, or from GraphQL)."""
+
+    pool: str
+    slot_count: int
+    claimed: tuple[tuple[str, str], ...]  # (run_id, step_key) holding a slot
+    pending: tuple[tuple[str, str, float, float | None], ...]  # (run_id, step_key, enqueued, assigned) epoch s
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    run_id: str
+    since: float | None  # when the slot was handed to it
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiting:
+    pool: str
+    holders: tuple[Holder, ...]
+    queued_ahead: int = 0
+
+    def text(self, labels: Mapping[str, str] | None = None) -> str:
+        """'waiting for a slot in pool 'exchange', held by run 1a2b3c4d (ETH/USDT 2024-03-01, cli, pid 42 on
+        host1) since 14:30:05 UTC'; `labels`: run_id -> what the run is."""
+        labels = labels or {}
+        if self.holders:
+            who = "; ".join(_holder_text(h, labels.get(h.run_id)) for h in self.holders[:2])
+            more = f" and {len(self.holders) - 2} more" if len(self.holders) > 2 else ""
+            return f"waiting for a slot in pool '{self.pool}', held by {who}{more}"
+        if self.queued_ahead:
+            return f"waiting for a slot in pool '{self.pool}', {self.queued_ahead} step(s) queued ahead"
+        return f"waiting for a slot in pool '{self.pool}'"
+
+
+def _holder_text(holder: Holder, label: str | None) -> str:
+    import datetime as dt
+
+    since = "" if holder.since is None else \
+        f" since {dt.datetime.fromtimestamp(holder.since, dt.timezone.utc).strftime('%H:%M:%S')} UTC"
+    return f"run {short_id(holder.run_id)}" + (f" ({label})" if label else "") + since
+
+
+def _holders(state: PoolState, exclude: str | None = None) -> tuple[Holder, ...]:
+    assigned = {(r, s): a for r, s, _e, a in state.pending}
+    return tuple(Holder(r, assigned.get((r, s))) for r, s in state.claimed if r != exclude)
+
+
+def waiting_in(pools: list[PoolState], run_id: str) -> Waiting | None:
+    """What `run_id` waits for: a pool where it has a queued claim but no slot, and who holds that pool."""
+    for state in pools:
+        mine = {s for r, s in state.claimed if r == run_id}
+        waiting = [p for p in state.pending if p[0] == run_id and p[1] not in mine]
+        if waiting:
+            ahead = sum(1 for r, _s, e, a in state.pending if r != run_id and a is None and e < waiting[0][2])
+            return Waiting(state.pool, _holders(state, exclude=run_id), ahead)
+    return None
+
+
+def busy_in(pools: list[PoolState]) -> Waiting | None:
+    """A pool with no slot left for a new claim (claimed or already handed out), and who holds it."""
+    for state in pools:
+        taken = set(state.claimed) | {(r, s) for r, s, _e, a in state.pending if a is not None}
+        if state.slot_count and len(taken) >= state.slot_count:
+            return Waiting(state.pool, _holders(state))
+    return None

@@ -23,8 +23,8 @@ from typing import Iterable
 from dagster import DagsterRunStatus, RunsFilter
 from dagster._core.events import JobFailureData, RunFailureReason
 
-from lakehouse.liveness import (DEAD, DeadRun, LeakedSlot, ProcessStamp, holdings, leaked, pid_state,
-                                process_state, run_label, short_id)
+from lakehouse.liveness import (DEAD, DeadRun, LeakedSlot, PoolState, ProcessStamp, Waiting, busy_in, holdings,
+                                leaked, pid_state, process_state, run_label, waiting_in)
 
 # A run in these states should have a live process behind it.
 LIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
@@ -89,20 +89,9 @@ def dead_runs(instance) -> list[DeadRun]:
     return out
 
 
-def _concurrency_infos(instance) -> dict:
-    storage = instance.event_log_storage
-    if not storage.supports_global_concurrency_limits:
-        return {}
-    pools = sorted(storage.get_concurrency_keys())
-    return dict(storage.get_concurrency_infos(pools)) if pools else {}
-
-
-def leaked_slots(instance, infos: dict | None = None) -> list[LeakedSlot]:
+def leaked_slots(instance) -> list[LeakedSlot]:
     """Slots (and queued claims) held by runs that have finished or no longer exist."""
-    infos = _concurrency_infos(instance) if infos is None else infos
-    held = [h for pool, info in infos.items()
-            for h in holdings(pool, [(s.run_id, s.step_key) for s in info.claimed_slots],
-                              [(p.run_id, p.step_key) for p in info.pending_steps])]
+    held = [h for st in pool_states(instance) for h in holdings(st.pool, st.claimed, [p[:2] for p in st.pending])]
     if not held:
         return []
     run_ids = sorted({run_id for _, run_id, _, _ in held})
@@ -151,76 +140,40 @@ def reap(instance, by: str) -> Reaped:
 
 
 # who holds a pool -------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Holder:
-    run_id: str
-    label: str
-    status: str
-    since: dt.datetime | None
-
-    def __str__(self) -> str:
-        since = f" since {self.since.strftime('%H:%M:%S')} UTC" if self.since else ""
-        return f"run {short_id(self.run_id)} ({self.label}){since}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Waiting:
-    pool: str
-    holders: tuple[Holder, ...]
-    queued_ahead: int
-
-    def text(self) -> str:
-        if self.holders:
-            who = "; ".join(str(h) for h in self.holders[:2]) + (
-                f" and {len(self.holders) - 2} more" if len(self.holders) > 2 else "")
-            return f"waiting for a slot in pool '{self.pool}', held by {who}"
-        if self.queued_ahead:
-            return f"waiting for a slot in pool '{self.pool}', {self.queued_ahead} step(s) queued ahead"
-        return f"waiting for a slot in pool '{self.pool}'"
-
-
-def waiting_for(instance, run_id: str) -> Waiting | None:
-    """What `run_id` waits for: a pool in which it has a queued claim but no slot, and who holds that pool."""
-    infos = _concurrency_infos(instance)
-    for pool, info in infos.items():
-        mine = [p for p in info.pending_steps if p.run_id == run_id]
-        claimed_by_me = {s.step_key for s in info.claimed_slots if s.run_id == run_id}
-        waiting = [p for p in mine if p.step_key not in claimed_by_me]
-        if not waiting:
-            continue
-        return Waiting(pool, tuple(holders(instance, pool, info, exclude=run_id)),
-                       sum(1 for p in info.pending_steps if p.run_id != run_id and p.assigned_timestamp is None
-                           and p.enqueued_timestamp < waiting[0].enqueued_timestamp))
-    return None
-
-
-def pool_is_busy(instance, pools: Iterable[str]) -> Waiting | None:
-    """A pool among `pools` with no slot free for a new claim, and who holds it; None when every one has room."""
+def pool_states(instance, pools: Iterable[str] | None = None) -> list[PoolState]:
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
-        return None
+        return []
     known = storage.get_concurrency_keys()
-    pools = [p for p in pools if p in known]
-    if not pools:
+    keys = sorted(known if pools is None else [p for p in pools if p in known])
+    if not keys:
+        return []
+    return [PoolState(pool, info.slot_count, tuple((c.run_id, c.step_key) for c in info.claimed_slots),
+                      tuple((p.run_id, p.step_key, p.enqueued_timestamp.timestamp(),
+                             p.assigned_timestamp.timestamp() if p.assigned_timestamp else None)
+                            for p in info.pending_steps))
+            for pool, info in storage.get_concurrency_infos(keys).items()]
+
+
+def describe(instance, waiting: Waiting | None) -> str | None:
+    """The waiting line, each holder named by what its run is."""
+    if waiting is None:
         return None
-    for pool, info in storage.get_concurrency_infos(pools).items():
-        taken = len({(s.run_id, s.step_key) for s in info.claimed_slots}
-                    | {(p.run_id, p.step_key) for p in info.pending_steps if p.assigned_timestamp})
-        if info.slot_count and taken >= info.slot_count:
-            return Waiting(pool, tuple(holders(instance, pool, info)), 0)
-    return None
+    labels = {}
+    for holder in waiting.holders[:2]:
+        run = instance.get_run_by_id(holder.run_id)
+        labels[holder.run_id] = run_label(run.tags, run.job_name) if run else "deleted run"
+    return waiting.text(labels)
 
 
-def holders(instance, pool: str, info, exclude: str | None = None) -> list[Holder]:
-    assigned = {(p.run_id, p.step_key): p.assigned_timestamp for p in info.pending_steps}
-    out = []
-    for slot in info.claimed_slots:
-        if slot.run_id == exclude:
-            continue
-        run = instance.get_run_by_id(slot.run_id)
-        out.append(Holder(slot.run_id, run_label(run.tags, run.job_name) if run else "deleted run",
-                          run.status.value if run else "DELETED", assigned.get((slot.run_id, slot.step_key))))
-    return out
+def waiting_for(instance, run_id: str) -> str | None:
+    """What `run_id` waits for, and who holds it; None when it waits for no pool."""
+    return describe(instance, waiting_in(pool_states(instance), run_id))
+
+
+def pool_is_busy(instance, pools: Iterable[str]) -> str | None:
+    """Which of `pools` has no slot free for a new claim, and who holds it; None when every one has room."""
+    return describe(instance, busy_in(pool_states(instance, pools)))
 
 
 def process_gone(instance, run) -> bool:

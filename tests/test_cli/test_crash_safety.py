@@ -184,7 +184,9 @@ def test_a_wait_for_a_held_slot_says_who_holds_it_and_ends_at_timeout(tmp_path, 
     assert result.returncode == 3, result.stderr
     assert time.monotonic() - started < 40
     waiting = f"waiting for a slot in pool 'exchange', held by run {holder[:8]} (ETH/USDT {day}, cli, pid {os.getpid()}"
-    assert waiting in result.stderr  # the progress line, while waiting
+    # The progress line, while waiting: what for, who holds it, since when, for how long.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("backfill: 0/") and waiting in line]
+    assert lines and " since " in lines[-1] and "; waited " in lines[-1], result.stderr
     assert f"backfill timed out after 4s (--timeout) {waiting}" in result.stderr
     # A live holder keeps its slot; the timed-out backfill left nothing running.
     assert slot_holders(instance) == [holder]

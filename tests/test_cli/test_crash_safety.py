@@ -17,6 +17,7 @@ from pathlib import Path
 import json
 
 import polars as pl
+import psutil
 import pytest
 from click.testing import CliRunner
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -118,9 +119,9 @@ def days(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def raw_file(symbol: str, day: dt.date) -> Path:
-    return (Path(os.environ["LAKEHOUSE_ROOT"]) / "raw_ohlcv" / "exchange=binance" / f"symbol={symbol.replace('/', '-')}"
-            / f"date={day}" / "part.parquet")
+def raw_file(symbol: str, day: dt.date, exchange: str = "binance") -> Path:
+    return (Path(os.environ["LAKEHOUSE_ROOT"]) / "raw_ohlcv" / f"exchange={exchange}"
+            / f"symbol={symbol.replace('/', '-')}" / f"date={day}" / "part.parquet")
 
 
 def test_kill_9_mid_backfill_then_another_backfill_and_a_repair_finish(tmp_path, home, instance, emulator):
@@ -231,3 +232,24 @@ def test_health_reports_a_run_without_process_and_a_slot_held_by_a_finished_run(
     text = CliRunner().invoke(cli, ["health"]).output
     assert "stuck_runs     degraded  1 run(s) with no live process, 1 pool slot(s) held by finished runs" in text
     assert alive not in text
+
+
+def test_a_holder_that_dies_while_a_backfill_waits_is_failed_and_the_backfill_goes_on(tmp_path, home, instance):
+    day = utc_today() - dt.timedelta(days=1)
+    track("BTC/USDT", start=day)
+    worker = subprocess.Popen(["sleep", "60"])  # the holder's process, alive for now
+    stamp = ProcessStamp(ProcessStamp.current().host, worker.pid, psutil.Process(worker.pid).create_time())
+    holder = fake_run(instance, "ETH/USDT", day, stamp)
+    hold_slot(instance, holder)
+    proc, err = start(tmp_path, "backfill", "--start", str(day), "--end", str(day), "--assets", "raw_ohlcv")
+    try:
+        wait_until(lambda: f"held by run {holder[:8]}" in err.read_text(), 60, "the waiting line")
+        worker.kill()
+        worker.wait()
+        assert proc.wait(60) == 0, err.read_text()
+    finally:
+        proc.kill()
+        worker.kill()
+    assert "but its process is gone: marked failed, its pool slots freed" in err.read_text()
+    assert instance.get_run_by_id(holder).status == DagsterRunStatus.FAILURE
+    assert pl.read_parquet(raw_file("BTC/USDT", day, "simulated")).height > 0

@@ -2,6 +2,8 @@
 answers it later from any process on the same host, without Dagster.
 
 The start time guards against PID reuse: after a crash or a reboot the same pid may belong to another process.
+Also here, as plain values shared by the Dagster glue (sensors/run_guard.py) and the GraphQL client (`health
+--url`, remote progress): which unfinished runs are dead, which pool slots leaked, and who holds a pool.
 """
 
 from __future__ import annotations
@@ -49,15 +51,7 @@ class ProcessStamp:
         """ALIVE, DEAD (this host, the process is gone or its pid now belongs to another), or ELSEWHERE."""
         if self.host != this_host():
             return ELSEWHERE
-        try:
-            proc = psutil.Process(self.pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return DEAD
-            return ALIVE if abs(proc.create_time() - self.started) <= START_TOLERANCE_S else DEAD
-        except psutil.NoSuchProcess:
-            return DEAD
-        except psutil.Error:  # e.g. access denied: it exists, so it is not ours to declare dead
-            return ALIVE
+        return _pid_state(self.pid, lambda created: abs(created - self.started) <= START_TOLERANCE_S)
 
     def __str__(self) -> str:
         return f"pid {self.pid} on {self.host}"
@@ -66,14 +60,18 @@ class ProcessStamp:
 def pid_state(pid: int, started_before: float) -> str:
     """ALIVE when process `pid` exists on this host and was created by `started_before` (epoch seconds), else
     DEAD: for a run worker whose pid Dagster recorded, but not its start time."""
+    return _pid_state(pid, lambda created: created <= started_before + START_TOLERANCE_S)
+
+
+def _pid_state(pid: int, same_process) -> str:
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return DEAD
-        return ALIVE if proc.create_time() <= started_before + START_TOLERANCE_S else DEAD
+        return ALIVE if same_process(proc.create_time()) else DEAD
     except psutil.NoSuchProcess:
         return DEAD
-    except psutil.Error:
+    except psutil.Error:  # e.g. access denied: it exists, so it is not ours to declare dead
         return ALIVE
 
 

@@ -34,7 +34,12 @@ def _summary(record) -> RunSummary:
 def in_flight_partitions(instance) -> dict[str, set[dt.date]]:
     """symbol -> days that a queued or running run, or a backfill still in progress, already covers."""
     order = instance.get_dynamic_partitions(SYMBOLS_PARTITION)
-    out = in_flight((_summary(r) for r in instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES))), order)
+    from assets.run_guard import process_gone
+
+    # A killed CLI's run stays STARTED, yet nothing is coming from it: its partitions are repairable.
+    records = [r for r in instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES))
+               if not process_gone(instance, r.dagster_run)]
+    out = in_flight((_summary(r) for r in records), order)
     try:
         from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 

@@ -140,13 +140,14 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
                         as_json=as_json, echo=echo, tags={"lakehouse/refetch": "true"} if refetch else None)
         return
     from .progress import ProgressDisplay
-    from .runner import run_plan
+    from .runner import exit_on_signals, run_plan
 
+    exit_on_signals()
     instance = get_instance()
     plan = plan_days(instance, s, names, start_day, end_day, echo=echo)
     partitions = sum(len(d) for d in plan.values())
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
-        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables,
+        outcomes = run_plan(instance, defs, selection, plan, display, tables=tables, timeout_s=timeout,
                             tags={"lakehouse/refetch": "true"} if refetch else None)
     failed = [o for o in outcomes if not o.success]
     summary = {

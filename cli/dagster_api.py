@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from lakehouse.liveness import PoolState
+
 DEFAULT_TIMEOUT_S = 30.0
 
 # Statuses after which a backfill changes no more (COMPLETED is the pre-1.8 spelling of COMPLETED_SUCCESS).
@@ -207,8 +209,9 @@ class DagsterAPI:
         result = _expect(data["partitionBackfillsOrError"], "PartitionBackfills", what="backfills")
         return [_backfill(b) for b in result["results"]]
 
-    def runs(self, limit: int = 20, statuses: list[str] | None = None, tags: dict[str, str] | None = None) -> list[RunInfo]:
-        runs_filter: dict[str, Any] = {}
+    def runs(self, limit: int = 20, statuses: list[str] | None = None, tags: dict[str, str] | None = None,
+             run_ids: list[str] | None = None) -> list[RunInfo]:
+        runs_filter: dict[str, Any] = {"runIds": run_ids} if run_ids else {}
         if statuses:
             runs_filter["statuses"] = statuses
         if tags:
@@ -216,6 +219,20 @@ class DagsterAPI:
         data = self.query(_RUNS, {"limit": limit, "filter": runs_filter})
         result = _expect(data["runsOrError"], "Runs", what="runs")
         return [_run(r) for r in result["results"]]
+
+    def pools(self) -> list[PoolState]:
+        """Every concurrency pool: its slots, who claimed them and the steps queued for them."""
+        data = self.query(_POOLS)
+        return [PoolState(p["concurrencyKey"], p["slotCount"], tuple((c["runId"], c["stepKey"]) for c in p["claimedSlots"]),
+                          tuple((q["runId"], q["stepKey"], q["enqueuedTimestamp"], q.get("assignedTimestamp"))
+                                for q in p["pendingSteps"]))
+                for p in data["instance"]["concurrencyLimits"]]
+
+    def run_pools(self, run_ids: list[str]) -> dict[str, list[str]]:
+        """The pools each run needs to start (its root steps'), else every pool it uses."""
+        data = self.query(_RUN_POOLS, {"ids": run_ids})
+        result = _expect(data["runsOrError"], "Runs", what="runs")
+        return {r["runId"]: list(r.get("rootConcurrencyKeys") or r.get("allPools") or []) for r in result["results"]}
 
     def run_errors(self, run_id: str) -> list[str]:
         """Why a run failed, one line per failed step (the innermost cause of each), or the run's own failure."""
@@ -402,6 +419,25 @@ query Runs($limit: Int, $filter: RunsFilter) {
     %s
   }
 }""" % (_RUN_FIELDS, _ERROR_FIELDS)
+
+_POOLS = """
+query Pools {
+  instance {
+    concurrencyLimits {
+      concurrencyKey slotCount claimedSlots { runId stepKey }
+      pendingSteps { runId stepKey enqueuedTimestamp assignedTimestamp }
+    }
+  }
+}"""
+
+_RUN_POOLS = """
+query RunPools($ids: [String!]) {
+  runsOrError(filter: {runIds: $ids}) {
+    __typename
+    ... on Runs { results { runId rootConcurrencyKeys allPools } }
+    %s
+  }
+}""" % _ERROR_FIELDS
 
 _RUN_LOGS = """
 query RunLogs($runId: ID!, $cursor: String) {

@@ -75,6 +75,13 @@ def _local_runs(instance, now: float) -> h.Component:
                             count(DagsterRunStatus.CANCELED), failed[0].dagster_run.run_id if failed else None)
 
 
+def _local_stuck(instance) -> h.Component:
+    from assets.run_guard import dead_runs, leaked_slots
+
+    return h.stuck_runs_component([d.as_dict() for d in dead_runs(instance)],
+                                  [x.as_dict() for x in leaked_slots(instance)])
+
+
 def local_health(s: Settings, now: float) -> tuple[list[h.Component], str]:
     from .instance import ensure_dagster_home, get_instance
 
@@ -87,7 +94,8 @@ def local_health(s: Settings, now: float) -> tuple[list[h.Component], str]:
         why = "the instance storage does not answer"
         exchange, disk, notifications = _common(s)
         return [h.storage_component(_short(exc), f"instance storage in {home}"), h.unknown(h.DAEMON, why),
-                h.unknown(h.REPAIR_SENSOR, why), exchange, disk, h.unknown(h.RUNS, why), notifications], home
+                h.unknown(h.REPAIR_SENSOR, why), exchange, disk, h.unknown(h.RUNS, why),
+                h.unknown(h.STUCK_RUNS, why), notifications], home
     beats = [h.DaemonBeat(st.daemon_type, st.last_heartbeat.timestamp if st.last_heartbeat else None,
                           tuple(e.message for e in (st.last_heartbeat.errors or [])) if st.last_heartbeat else ())
              for st in statuses.values() if st.required]
@@ -95,7 +103,7 @@ def local_health(s: Settings, now: float) -> tuple[list[h.Component], str]:
     ticking = h.daemon_alive(beats, now)
     exchange, disk, notifications = _common(s)
     return [storage, h.daemon_component(beats, now, local=True), _local_sensor(instance, s, now, ticking), exchange,
-            disk, _local_runs(instance, now), notifications], home
+            disk, _local_runs(instance, now), _local_stuck(instance), notifications], home
 
 
 # remote: a deployment's GraphQL API ---------------------------------------------------------------------
@@ -104,6 +112,10 @@ query Health($since: Float!) {
   version
   instance {
     daemonHealth { allDaemonStatuses { daemonType required lastHeartbeatTime lastHeartbeatErrors { message } } }
+    concurrencyLimits { concurrencyKey claimedSlots { runId stepKey } pendingSteps { runId stepKey } }
+  }
+  unfinished: runsOrError(filter: {statuses: [NOT_STARTED, STARTING, STARTED, CANCELING]}) {
+    ... on Runs { results { runId status jobName creationTime startTime tags { key value } } }
   }
   workspaceOrError {
     __typename
@@ -148,6 +160,41 @@ def _remote_sensor(data: dict, now: float, ticking: bool, s: Settings) -> h.Comp
     return h.sensor_component(REPAIR_SENSOR_NAME, status, ticks, sensor["minIntervalSeconds"], now, ticking)
 
 
+RUN_STATUSES_QUERY = """
+query RunStatuses($ids: [String!]) {
+  runsOrError(filter: {runIds: $ids}) { ... on Runs { results { runId status } } }
+}"""
+
+
+def _remote_stuck(api, data: dict) -> h.Component:
+    """stuck_runs from the deployment's view: its unfinished runs whose process (on this host) is gone, and
+    pool slots held by its finished runs. A run started on another host cannot be checked from here."""
+    from lakehouse.liveness import DEAD, ELSEWHERE, DeadRun, holdings, leaked, process_state, run_label
+
+    from .dagster_api import DeploymentRejected, DeploymentUnreachable
+
+    dead, elsewhere = [], 0
+    for run in (data.get("unfinished") or {}).get("results") or []:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        state = process_state(tags)
+        elsewhere += state == ELSEWHERE
+        if state == DEAD:
+            started = run.get("startTime") or run.get("creationTime")
+            at = dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if started else None
+            dead.append(DeadRun(run["runId"], run["status"], run_label(tags, run["jobName"]), at).as_dict())
+    held = [x for pool in data["instance"].get("concurrencyLimits") or []
+            for x in holdings(pool["concurrencyKey"], [(c["runId"], c["stepKey"]) for c in pool["claimedSlots"]],
+                              [(p["runId"], p["stepKey"]) for p in pool["pendingSteps"]])]
+    statuses = {}
+    if held:
+        try:
+            answer = api.query(RUN_STATUSES_QUERY, {"ids": sorted({x[1] for x in held})})
+        except (DeploymentUnreachable, DeploymentRejected) as exc:
+            return h.unknown(h.STUCK_RUNS, f"the run statuses did not load: {h.one_line(str(exc), 160)}")
+        statuses = {r["runId"]: r["status"] for r in (answer["runsOrError"] or {}).get("results") or []}
+    return h.stuck_runs_component(dead, [x.as_dict() for x in leaked(held, statuses)], elsewhere)
+
+
 def remote_health(s: Settings, url: str, timeout: float, now: float) -> tuple[list[h.Component], str]:
     from .dagster_api import DagsterAPI, DeploymentRejected, DeploymentUnreachable, InvalidURL
 
@@ -158,10 +205,14 @@ def remote_health(s: Settings, url: str, timeout: float, now: float) -> tuple[li
     try:
         data = api.query(HEALTH_QUERY, {"since": now - h.RUNS_WINDOW_HOURS * 3600})
     except (DeploymentUnreachable, DeploymentRejected) as exc:
+        api.close()
         why = f"{api.url} does not answer"
         exchange, disk, notifications = _common(s)
         return [h.storage_component(str(exc), f"deployment {api.url}"), h.unknown(h.DAEMON, why),
-                h.unknown(h.REPAIR_SENSOR, why), exchange, disk, h.unknown(h.RUNS, why), notifications], api.url
+                h.unknown(h.REPAIR_SENSOR, why), exchange, disk, h.unknown(h.RUNS, why),
+                h.unknown(h.STUCK_RUNS, why), notifications], api.url
+    try:
+        stuck = _remote_stuck(api, data)
     finally:
         api.close()
     beats = [h.DaemonBeat(d["daemonType"], d["lastHeartbeatTime"], tuple(e["message"] for e in d["lastHeartbeatErrors"]))
@@ -174,7 +225,7 @@ def remote_health(s: Settings, url: str, timeout: float, now: float) -> tuple[li
     storage = h.storage_component(None, f"deployment {api.url} answers (Dagster {data['version']})")
     exchange, disk, notifications = _common(s)
     return [storage, h.daemon_component(beats, now, local=False), _remote_sensor(data, now, ticking, s), exchange,
-            disk, runs, notifications], api.url
+            disk, runs, stuck, notifications], api.url
 
 
 @click.command()
@@ -195,6 +246,8 @@ def health(url, timeout, as_json):
       exchange       down: unreachable; degraded: < 20% request-weight headroom
       disk           down: LAKEHOUSE_ROOT unreadable or < 100 MiB free; degraded: < 1 GiB or < 5% free
       runs           degraded: > 20% of the runs finished in the last 24 h failed
+      stuck_runs     degraded: a run not finished whose process is gone, or a pool
+                     slot held by a finished run
       notifications  degraded: the last webhook delivery failed
     Overall: down if storage, daemon or disk is down, else degraded if anything is not ok.
     With --url the exchange, disk and notifications are checked from this machine's settings.

@@ -78,8 +78,9 @@ class Duration(click.ParamType):
 def remote_options(func):
     """--url, --wait/--no-wait and --timeout, shared by every command that can work on a deployment."""
     func = click.option("--timeout", type=Duration(), default=None,
-                        help=f"With --url: stop waiting after this long (seconds, or 90s, 15m, 1h); exit 3, the "
-                             f"backfill keeps running. Default {DEFAULT_TIMEOUT}.")(func)
+                        help=f"Stop after this long (seconds, or 90s, 15m, 1h); exit 3. In-process the run in progress "
+                             f"is canceled (no default limit); with --url the backfill keeps running (default "
+                             f"{DEFAULT_TIMEOUT}).")(func)
     func = click.option("--wait/--no-wait", default=None,
                         help="With --url: wait for the backfill with live progress (default), or exit 0 as soon "
                              "as the deployment accepted it.")(func)
@@ -94,8 +95,8 @@ def check_local_flags(url: str | None, wait: bool | None, timeout: float | None)
 
     if url:
         return
-    if wait is not None or timeout is not None:
-        flag = "--timeout" if timeout is not None else ("--wait" if wait else "--no-wait")
+    if wait is not None:  # --timeout also bounds in-process work (cli/runner.py)
+        flag = "--wait" if wait else "--no-wait"
         raise UsageFailure(f"{flag} applies to remote mode only; add --url http://HOST:PORT (or set DAGSTER_URL), "
                            f"or drop {flag} to run in-process")
 
@@ -289,9 +290,31 @@ class BackfillWatcher:
         note = ", ".join(notes[:2]) + (f" +{len(notes) - 2}" if len(notes) > 2 else "")
         if queued:
             note = f"{note} ({queued} run(s) queued)".strip()
+        waiting = self._waiting(running, [r for runs in self.runs.values() for r in runs
+                                          if r.status in ("QUEUED", "NOT_STARTED")])
+        if waiting:
+            note = f"{note}; {waiting}".strip("; ")
         self.display.update(total=sum(a.targeted for a in assets), done=sum(a.materialized for a in assets),
                             failed=sum(a.failed for a in assets), running=sum(a.in_progress for a in assets),
                             rows=sum(self.candles_by_run.values()), note=note)
+
+    def _waiting(self, running: list[RunInfo], queued: list[RunInfo]) -> str | None:
+        """What our runs wait for: a started run for a pool slot, or a queued run for a pool that is full (the
+        run queue holds back runs whose pools are), and which runs hold it."""
+        from lakehouse.liveness import busy_in, run_label, waiting_in
+
+        if not running and not queued:
+            return None
+        pools = self.api.pools()
+        waiting = next((w for w in (waiting_in(pools, r.run_id) for r in running) if w is not None), None)
+        if waiting is None and queued:
+            needed = {p for ps in self.api.run_pools([r.run_id for r in queued]).values() for p in ps}
+            waiting = busy_in([p for p in pools if p.pool in needed])
+        if waiting is None:
+            return None
+        ids = [h.run_id for h in waiting.holders[:2]]
+        holders = self.api.runs(limit=len(ids), run_ids=ids) if ids else []
+        return waiting.text({r.run_id: run_label(r.tags, r.job or "") for r in holders})
 
     def wait(self) -> str:
         """'finished' or 'timeout'; raises DeploymentFailure when the deployment stays unreachable or refuses."""

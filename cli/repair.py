@@ -39,6 +39,13 @@ def _audit(layers=None) -> tuple[object, object, Audit]:
     return instance, defs, audit
 
 
+def _reap_dead_runs() -> None:
+    from assets.run_guard import reap
+
+    for line in reap(get_instance(), "lakehouse repair").lines():
+        click.echo(line, err=True)
+
+
 def plan_repair(layers=None) -> tuple[object, object, Audit]:
     """Audit now; the plan is `audit.plan` (every range run the lakehouse needs, nothing in flight)."""
     return _audit(layers)
@@ -58,18 +65,20 @@ def plan_batches(defs, audit: Audit, requests: list[RepairRequest], launched_by:
     return out
 
 
-def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None) -> list:
+def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None,
+                 timeout_s: float | None = None) -> list:
     """Run each planned request in-process and synchronously, in order; returns cli.runner.RangeOutcome's."""
     from lakehouse.run_tags import RANGE_END_TAG, RANGE_START_TAG
 
-    from .runner import run_plan
+    from .runner import Guard, run_plan
 
     audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
     batches = plan_batches(defs, audit, requests, "lakehouse repair")
     outcomes = []
-    for keys, days, tags in batches:
-        tags = {k: v for k, v in tags.items() if k not in (RANGE_START_TAG, RANGE_END_TAG)}
-        outcomes += run_plan(instance, defs, keys, days, display, tags=tags)
+    with Guard(instance, "repair", timeout_s, display) as guard:  # one deadline and one Ctrl-C for the plan
+        for keys, days, tags in batches:
+            tags = {k: v for k, v in tags.items() if k not in (RANGE_START_TAG, RANGE_END_TAG)}
+            outcomes += run_plan(instance, defs, keys, days, display, tags=tags, guard=guard)
     return outcomes
 
 
@@ -163,9 +172,14 @@ def repair(dry_run, as_json, url, wait, timeout):
         lakehouse repair --url http://127.0.0.1:3000 --timeout 30m
     """
     from .progress import ProgressDisplay
+    from .runner import exit_on_signals
 
     check_local_flags(url, wait, timeout)
+    if not url:
+        exit_on_signals()
     api = connect(url) if url else None
+    if not dry_run and not url:
+        _reap_dead_runs()  # a dead run's partitions are repairable now, and its slots free for this repair
     instance, defs, audit = plan_repair()
     plan = audit.plan
     echo = echo_for(as_json)
@@ -187,7 +201,7 @@ def repair(dry_run, as_json, url, wait, timeout):
         return
     total = sum(r.days * len(r.layers) for r in plan)
     with ProgressDisplay(total, "repair") as display:
-        outcomes = execute_plan(instance, defs, audit, plan, display)
+        outcomes = execute_plan(instance, defs, audit, plan, display, timeout_s=timeout)
     failed = [o for o in outcomes if not o.success]
     doc.update(runs=[o.as_dict() for o in outcomes], failed_runs=len(failed), succeeded=not failed)
     if as_json:

@@ -10,6 +10,7 @@ Each component is `ok`, `degraded` or `down` with a one-line reason. The rules (
 | exchange | unreachable or unknown | less than 20 % of the request-weight budget left |
 | disk | LAKEHOUSE_ROOT unreadable, or less than 100 MiB free | less than 1 GiB or 5 % free, or some folders unreadable |
 | runs | every one of at least 3 runs of the last 24 h failed | more than 20 % of the runs finished in the last 24 h failed |
+| stuck_runs | | a run not finished whose process is gone, or a pool slot held by a finished run |
 | notifications | | the last webhook delivery failed |
 
 Overall: `down` when storage, daemon or disk is down (the lakehouse cannot work); otherwise `degraded` when any
@@ -35,9 +36,9 @@ OK, DEGRADED, DOWN = "ok", "degraded", "down"
 STATES = (OK, DEGRADED, DOWN)
 EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}
 
-STORAGE, DAEMON, REPAIR_SENSOR, EXCHANGE, DISK, RUNS, NOTIFICATIONS = (
-    "storage", "daemon", "repair_sensor", "exchange", "disk", "runs", "notifications")
-COMPONENTS = (STORAGE, DAEMON, REPAIR_SENSOR, EXCHANGE, DISK, RUNS, NOTIFICATIONS)
+STORAGE, DAEMON, REPAIR_SENSOR, EXCHANGE, DISK, RUNS, STUCK_RUNS, NOTIFICATIONS = (
+    "storage", "daemon", "repair_sensor", "exchange", "disk", "runs", "stuck_runs", "notifications")
+COMPONENTS = (STORAGE, DAEMON, REPAIR_SENSOR, EXCHANGE, DISK, RUNS, STUCK_RUNS, NOTIFICATIONS)
 # Without these the lakehouse cannot work at all; the others only slow it down.
 CRITICAL = (STORAGE, DAEMON, DISK)
 
@@ -197,6 +198,26 @@ def runs_component(succeeded: int, failed: int, canceled: int = 0, last_failed: 
     if rate > FAILURE_RATE_DEGRADED:
         return Component(RUNS, DEGRADED, text, details)
     return Component(RUNS, OK, text, details)
+
+
+STUCK_FIX = ("the repair sensor and the next `lakehouse backfill` or `lakehouse repair` mark such runs failed and "
+             "free the slots")
+
+
+def stuck_runs_component(dead: Sequence[dict], leaked: Sequence[dict], elsewhere: int = 0) -> Component:
+    """Runs still STARTED (or starting, canceling) whose process is gone, and pool slots held by finished runs;
+    each dict has a `text` for people. `elsewhere`: unfinished CLI runs on other hosts, not checkable here."""
+    details = {"dead_runs": list(dead), "leaked_slots": list(leaked), "not_checked_other_hosts": elsewhere}
+    found = [d["text"] for d in dead] + [s["text"] for s in leaked]
+    if found:
+        more = f" and {len(found) - 2} more" if len(found) > 2 else ""
+        return Component(STUCK_RUNS, DEGRADED, f"{len(dead)} run(s) with no live process, {len(leaked)} pool "
+                                               f"slot(s) held by finished runs: {'; '.join(found[:2])}{more}; "
+                                               f"{STUCK_FIX}", details)
+    text = "every unfinished run has a live process; no pool slot is held by a finished run"
+    if elsewhere:
+        text += f" ({elsewhere} run(s) started on other hosts not checked from here)"
+    return Component(STUCK_RUNS, OK, text, details)
 
 
 # components checked here --------------------------------------------------------------------------------

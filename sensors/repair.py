@@ -36,6 +36,7 @@ from assets.instance_audit import (  # noqa: F401
     tracked_symbols,
 )
 from assets.partitions import symbol_day_partitions
+from assets.run_guard import reap
 from assets.symbol_freshness import freshness_evaluation
 from lakehouse.audit import Audit, RepairRequest
 from lakehouse.config import Settings
@@ -116,6 +117,8 @@ def build_repair_sensor(
     )
     def _repair(context: SensorEvaluationContext, lakehouse: LakehouseResource, exchange: ExchangeResource):
         started = time.perf_counter()
+        for line in reap(context.instance, f"sensor {name}").lines():  # dead runs failed, leaked slots freed
+            context.log.warning(line)
         settings = Settings.from_env()
         asset_graph = context.repository_def.asset_graph
         audit, _ = audit_now(context.instance, lakehouse, exchange, asset_graph, settings, read_budget_s=READ_BUDGET_S)

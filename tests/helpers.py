@@ -28,3 +28,18 @@ def service_reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def exited_process_stamp():
+    """The process stamp of a process that has exited, as a kill -9 leaves a CLI run's."""
+    import subprocess
+
+    import psutil
+
+    from lakehouse.liveness import ProcessStamp
+
+    proc = subprocess.Popen(["sleep", "30"])
+    stamp = ProcessStamp(ProcessStamp.current().host, proc.pid, psutil.Process(proc.pid).create_time())
+    proc.kill()
+    proc.wait()
+    return stamp

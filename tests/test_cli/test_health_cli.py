@@ -31,7 +31,8 @@ def test_a_local_instance_without_a_daemon_is_degraded_with_a_reason_per_compone
     assert (code, doc["state"], doc["exit_code"], doc["mode"]) == (1, "degraded", 1, "local")
     assert doc["target"] == os.environ["DAGSTER_HOME"]
     got = components(doc)
-    assert list(got) == ["storage", "daemon", "repair_sensor", "exchange", "disk", "runs", "notifications"]
+    assert list(got) == ["storage", "daemon", "repair_sensor", "exchange", "disk", "runs", "stuck_runs",
+                         "notifications"]
     assert got["storage"] == ("ok", f"SqliteRunStorage in {os.environ['DAGSTER_HOME']}: 0 runs")
     assert got["daemon"] == ("degraded", "no daemon heartbeat: is `lakehouse dev` running?")
     assert got["repair_sensor"] == ("degraded", "lakehouse_repair running but never ticked: no daemon to tick it")
@@ -45,7 +46,7 @@ def test_a_local_instance_without_a_daemon_is_degraded_with_a_reason_per_compone
     lines = text.splitlines()
     assert lines[0] == f"DEGRADED: daemon degraded; repair_sensor degraded (local: {os.environ['DAGSTER_HOME']})"
     assert lines[2] == "  daemon         degraded  no daemon heartbeat: is `lakehouse dev` running?"
-    assert len(lines) == 8
+    assert len(lines) == 9
 
 
 def test_failed_runs_and_an_undelivered_notification_show_up(tmp_path, monkeypatch):

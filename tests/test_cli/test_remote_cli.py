@@ -241,3 +241,42 @@ def test_repair_url_launches_exactly_the_dry_run_plan(deployment):
     # The launched partitions are in flight now, so the next audit plans nothing for them.
     again = in_process("repair", "--dry-run", "--json", deployment=deployment)
     assert again["plan"] == []
+
+
+def test_a_run_waiting_for_a_pool_slot_says_which_run_holds_it(deployment, tmp_path):
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from lakehouse.liveness import ProcessStamp
+    from lakehouse.run_tags import range_tags
+
+    instance = DagsterInstance.from_config(str(deployment.home))
+    day = dt.date(2024, 3, 4)
+    holder = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
+                        tags={**range_tags("FOO/USDT", day, day), "lakehouse/launched_by": "cli",
+                              **ProcessStamp.current().as_tags()})
+    instance.run_storage.add_run(holder)
+    storage = instance.event_log_storage
+    if "exchange" not in storage.get_concurrency_keys():
+        storage.set_concurrency_slots("exchange", 1)
+    assert storage.claim_concurrency_slot("exchange", holder.run_id, "raw_ohlcv").is_claimed
+    err = tmp_path / "stderr.txt"
+    env = dict(os.environ, LAKEHOUSE_PROGRESS_INTERVAL_S="1", DAGSTER_HOME=str(deployment.home),
+               LAKEHOUSE_ROOT=str(deployment.root))
+    proc = subprocess.Popen([LAKEHOUSE, "backfill", "--url", deployment.url, "--symbols", "BTC/USDT", "--start",
+                             str(day), "--end", str(day), "--assets", "raw_ohlcv", "--timeout", "90s"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=err.open("w"))
+    expected = (f"waiting for a slot in pool 'exchange', held by run {holder.run_id[:8]} (FOO/USDT {day}, cli, "
+                f"pid {os.getpid()} on")
+    try:
+        deadline = time.monotonic() + 60
+        while expected not in err.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+        assert expected in err.read_text(), err.read_text() + deployment.log_tail()
+    finally:
+        proc.kill()
+        proc.wait()
+        # Let the deployment's run go on and leave nothing behind for the other tests.
+        storage.free_concurrency_slots_for_run(holder.run_id)
+        instance.delete_run(holder.run_id)
+        instance.dispose()

@@ -19,8 +19,17 @@ from pathlib import Path
 from lakehouse.run_tags import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 from lakehouse.status import ACTIVE_RUN_STATUSES, RunSummary
 
-# Instance settings that move storage off the default SQLite files under DAGSTER_HOME.
-_OTHER_STORAGE = re.compile(r"^(storage|run_storage|event_log_storage)\s*:", re.MULTILINE)
+# Instance settings that move storage off the default SQLite files under DAGSTER_HOME. The project's own
+# batching event log (resources/event_log.py) keeps Dagster's SQLite files where they are, unless given a base_dir.
+_OTHER_STORAGE = re.compile(r"^(storage|run_storage)\s*:", re.MULTILINE)
+_EVENT_LOG = re.compile(r"^event_log_storage\s*:[^\n]*\n((?:[ \t]+[^\n]*\n?)*)", re.MULTILINE)
+
+
+def _elsewhere(config: str) -> bool:
+    if _OTHER_STORAGE.search(config):
+        return True
+    block = _EVENT_LOG.search(config)
+    return bool(block) and ("resources.event_log" not in block.group(1) or "base_dir" in block.group(1))
 _TAGS = (RANGE_START_TAG, RANGE_END_TAG, PARTITION_TAG)
 
 
@@ -39,7 +48,7 @@ class LocalInstance:
             config = ""
         except OSError:
             return None
-        return None if _OTHER_STORAGE.search(config) else cls(home)
+        return None if _elsewhere(config) else cls(home)
 
     def _query(self, db: Path, sql: str, params=()) -> list[tuple] | None:
         """Rows, [] when the file does not exist yet (a fresh instance has nothing), None when unreadable."""

@@ -71,9 +71,15 @@ class Deployment:
         out = open(self.logs / f"{name}.log", "wb")
         self.procs.append(subprocess.Popen(argv, env=self.env, cwd=str(self.base), stdout=out, stderr=subprocess.STDOUT))
 
-    def start(self, timeout_s: float = 90.0, already_configured: bool = False) -> "Deployment":
+    def start(self, timeout_s: float = 180.0, already_configured: bool = False) -> "Deployment":
         if not already_configured:
             self.write_config()
+            # Create the SQLite storages once, here: the webserver and daemon starting together on a fresh
+            # instance would both run the migrations and race ("table already exists") on a busy machine.
+            from dagster import DagsterInstance
+
+            with DagsterInstance.from_config(str(self.home)) as instance:
+                instance.get_runs(limit=1)
         bin_dir = Path(sys.executable).parent
         workspace = str(self.base / "workspace.yaml")
         self._spawn("webserver", [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port),

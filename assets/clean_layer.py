@@ -12,7 +12,7 @@ from lakehouse.clean import REASONS, clean_candles
 from lakehouse.errors import LakehouseError
 from lakehouse.registry import Registry
 from lakehouse.resample import ALL_INTERVALS, DEFAULT_INTERVALS, resample
-from lakehouse.schema import CLEAN_BARS, RAW_OHLCV, REJECTED_CANDLES, conform, empty
+from lakehouse.schema import CLEAN_BARS, LAYERS, RAW_OHLCV, REJECTED_CANDLES, conform, empty
 from lakehouse.storage import Storage
 from lakehouse.timeutil import DAY_MS, MINUTE_MS, day_start_ms, system_clock_ms
 
@@ -73,19 +73,27 @@ def _expected_window(day: dt.date, raw_day: pl.DataFrame, listing: dt.date | Non
 
 
 def _read_raw_days(storage: Storage, exchange: str, symbol: str, days: list[dt.date]) -> pl.DataFrame:
-    """The raw rows of the days, each tagged with the day of the file it came from (`_day`)."""
-    frames = []
-    for day in days:
-        df = storage.read_partition(RAW_OHLCV, exchange, symbol, day)
-        if df is not None and df.height:
-            frames.append(df.with_columns(pl.lit(day).alias("_day")))
-    if not frames:
+    """The raw rows of the days, each tagged with the day of the file it came from (`_day`): one lazy scan of the
+    days' files, each read in full so a torn file is named as Storage would."""
+    wanted = set(days)
+    paths = {str(s.path): s.ref.day for s in storage.list_partitions(RAW_OHLCV, exchange, symbol) if s.ref.day in wanted}
+    if not paths:
         return empty(RAW_OHLCV).with_columns(pl.lit(None, dtype=pl.Date).alias("_day"))
-    return pl.concat(frames, how="vertical")
+    schema = LAYERS[RAW_OHLCV]
+    try:
+        df = pl.scan_parquet(list(paths), include_file_paths="_path", hive_partitioning=False).select(
+            *[pl.col(c).cast(t) for c, t in schema.items()], "_path").collect()
+    except Exception:  # a torn or foreign file: read one by one, which names it
+        frames = [storage.read_partition(RAW_OHLCV, exchange, symbol, d).with_columns(pl.lit(d).alias("_day"))
+                  for d in sorted(paths.values())]
+        return pl.concat(frames, how="vertical")
+    by_path = pl.DataFrame({"_path": list(paths), "_day": list(paths.values())}, schema={"_path": pl.String,
+                                                                                         "_day": pl.Date})
+    return df.join(by_path, on="_path", how="left", maintain_order="left").drop("_path")
 
 
-def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dict]:
-    """(bars by day, rejects by day, stats) for raw rows tagged with their file's day.
+def clean_whole(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """(bars, rejects, stats) for raw rows tagged with their file's day, each frame with its `_day`.
 
     A row with no timestamp, or one outside its file's day, is rejected here (it has no other day to go to);
     everything else goes through lakehouse.clean and lands in the day of its timestamp.
@@ -96,10 +104,16 @@ def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dic
         pl.when(pl.col("timestamp").is_null()).then(pl.lit("non_finite")).otherwise(pl.lit(OUTSIDE_DAY)).alias("reason")
     )
     result = clean_candles(raw.filter(~stray).drop("_day"))
-    bars = resample(result.bars, DEFAULT_INTERVALS)
+    bars = resample(result.bars, DEFAULT_INTERVALS).with_columns(ts_day.alias("_day"))
     pre_rejects = conform(pre, REJECTED_CANDLES).with_columns(pre.get_column("_day"))
     rejects = pl.concat([pre_rejects, result.rejects.with_columns(ts_day.alias("_day"))], how="vertical")
-    return split_days(bars, days), split_days(rejects, days), result.stats
+    return bars, rejects, result.stats
+
+
+def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dict]:
+    """(bars by day, rejects by day, stats) for raw rows tagged with their file's day (see clean_whole)."""
+    bars, rejects, stats = clean_whole(raw)
+    return split_days(bars, days), split_days(rejects, days), stats
 
 
 def _clean_day_metadata(bars: pl.DataFrame, rejects: pl.DataFrame, raw_rows: int, completeness: dict) -> dict:
@@ -150,7 +164,9 @@ def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan:
         require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
         gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
         raw = _read_raw_days(storage, ex, symbol, days)
-        bars, rejects, _stats = clean_range(raw, days)
+        whole_bars, whole_rejects, _stats = clean_whole(raw)
+        bars, rejects = split_days(whole_bars, days), split_days(whole_rejects, days)
+        whole_bars = whole_bars.drop("_day")
         raw_by_day = split_days(raw, days)
         listing = _listing_day(storage, symbol)
         if CLEAN_BARS in selected:
@@ -174,9 +190,9 @@ def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan:
                 for d in days})
         all_days += days
         if OHLC_SANITY in books:
-            books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity)
+            books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity, whole=whole_bars)
         if UNIQUE_BARS in books:
-            books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness)
+            books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness, whole=whole_bars)
         if ROWS_ACCOUNTED in books:
             accounted = {d: per_day[d]["raw_rows"] == per_day[d]["bars_1m"] + per_day[d]["rejected_rows"] for d in days}
             books[ROWS_ACCOUNTED].add(symbol, accounted, {

@@ -8,6 +8,7 @@ import polars as pl
 from dagster import AssetCheckSpec, AssetExecutionContext, MaterializeResult
 
 from lakehouse import checks
+from lakehouse.resample import interval_rank
 from lakehouse.schema import CLEAN_BARS, INDICATORS, LAYERS, SIGNALS
 from lakehouse.signals import RULES, compute_signals
 from lakehouse.storage import Storage
@@ -53,6 +54,8 @@ def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, pla
         gate(storage, CLEAN_BARS, ex, symbol, first, last, SIGNALS)
         # The day before gives each series its previous bar, so a crossing at midnight is seen.
         ind = storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, last, columns=list(LAYERS[INDICATORS]))
+        # Each series contiguous and oldest first, sorted on numbers: compute_signals then need not sort strings.
+        ind = ind.sort(interval_rank(), "timestamp", maintain_order=True)
         sig = compute_signals(ind, first, last + ONE_DAY)
         frames = split_days(sig, days)
         write_days(storage, SIGNALS, ex, symbol, frames)

@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--jitter-ms", type=float, default=20.0, help="+- uniform jitter on the round trip")
     parser.add_argument("--weight", type=int, default=40, help="budget-bound run: weight per window")
     parser.add_argument("--window", type=float, default=1.0, help="budget-bound run: window in seconds")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
     parser.add_argument("--year", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure peak memory for one symbol-year")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -136,7 +136,7 @@ class Settings:
     retry_delay_minutes: float = 15.0
     retry_max_delay_minutes: float = 360.0
     repair_max_runs: int = 20
-    fetch_concurrency: int = 4
+    fetch_concurrency: int = 8
     # Where closed days are downloaded as verified bulk files instead of REST pages; None: REST only.
     archive_url: str | None = None
     # Scale-out (README "Deployment"): a Postgres instance and steps on Celery workers; unset = embedded SQLite

@@ -246,7 +246,7 @@ class CcxtExchange(Exchange):
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
-        concurrency: int = 4,
+        concurrency: int = 8,
     ):
         super().__init__()
         exchange_id = exchange_id.strip().lower()

@@ -17,6 +17,7 @@ from dagster import (
 
 from lakehouse.errors import UnknownSymbolError, UserInputError
 from lakehouse.ingest import IngestReport, ingest_days
+from lakehouse.run_tags import REFETCH_TAG
 from lakehouse.schema import RAW_OHLCV
 from resources import ExchangeResource, LakehouseResource
 
@@ -25,7 +26,6 @@ from .glue import add_partition_metadata, run_metadata, to_metadata
 from .partitions import days_by_symbol, symbol_day_partitions
 
 EXCHANGE_POOL = "exchange"
-REFETCH_TAG = "lakehouse/refetch"  # "true": fetch every requested day again, even closed days already complete
 
 
 def _refetch(context: AssetExecutionContext) -> bool:

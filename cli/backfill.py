@@ -11,6 +11,7 @@ import click
 
 from lakehouse.config import Settings
 from lakehouse.errors import UserInputError
+from lakehouse.run_tags import REFETCH_TAG
 from lakehouse.timeutil import check_range, utc_today
 
 from .common import UsageFailure, day_arg, echo_for, get_instance, load_defs, settings, symbols_arg
@@ -120,6 +121,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
         lakehouse backfill --url http://127.0.0.1:3000 --start 2024-01-01 --timeout 30m --json
     """
     check_local_flags(url, wait, timeout)
+    refetch_tags = {REFETCH_TAG: "true"} if refetch else None
     s = settings(write=not url)
     start_day, end_day = day_arg(start, "--start"), day_arg(end, "--end")
     names = symbols_arg(symbol_list, "--symbols")
@@ -137,7 +139,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
         from .remote import remote_backfill
 
         remote_backfill(url, names, start_day, end_day, [*selection, *tables], wait=wait, timeout_s=timeout,
-                        as_json=as_json, echo=echo, tags={"lakehouse/refetch": "true"} if refetch else None)
+                        as_json=as_json, echo=echo, tags=refetch_tags)
         return
     from .progress import ProgressDisplay
     from .runner import exit_on_signals, run_plan
@@ -148,7 +150,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
     partitions = sum(len(d) for d in plan.values())
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
         outcomes = run_plan(instance, defs, selection, plan, display, tables=tables, timeout_s=timeout,
-                            tags={"lakehouse/refetch": "true"} if refetch else None)
+                            tags=refetch_tags)
     failed = [o for o in outcomes if not o.success]
     summary = {
         "partitions": partitions,

@@ -13,6 +13,7 @@ PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
+REFETCH_TAG = "lakehouse/refetch"  # "true": fetch every requested day again, even closed days already complete
 
 
 def range_tags(symbol: str, start: dt.date, end: dt.date) -> dict[str, str]:

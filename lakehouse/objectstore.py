@@ -22,7 +22,7 @@ import polars as pl
 
 from .errors import ConfigError, CorruptPartitionError, StorageError
 from .schema import LAYERS, UNPARTITIONED_LAYERS, conform, empty
-from .storage import META_DIR, PART_FILE, PartitionRef, PartitionStat, Storage, _safe_segment
+from .storage import META_DIR, PART_FILE, PartitionRef, PartitionStat, Storage, _safe_segment, parquet_bytes
 from .symbols import decode_symbol, encode_symbol
 from .timeutil import parse_day
 
@@ -290,10 +290,8 @@ class ObjectStorage(Storage):
         return self.loc.key_url(key)
 
     def _put_parquet(self, key: str, df: pl.DataFrame) -> None:
-        buf = io.BytesIO()
-        df.write_parquet(buf, compression="zstd", statistics=True)
         try:
-            self._put(key, buf.getvalue())
+            self._put(key, parquet_bytes(df))
         except StorageError:
             raise
         except Exception as exc:

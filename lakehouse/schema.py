@@ -105,6 +105,8 @@ def empty(layer: str) -> pl.DataFrame:
 def conform(df: pl.DataFrame, layer: str) -> pl.DataFrame:
     """Cast and order columns to the layer's schema; a missing column is a programming error."""
     schema = LAYERS[layer]
+    if df.schema == schema:  # already conformed: skip building a cast per column (most writes)
+        return df
     missing = [c for c in schema if c not in df.columns]
     if missing:
         raise ValueError(f"{layer}: frame lacks columns {missing}")

@@ -26,23 +26,25 @@ import dataclasses
 import datetime as dt
 import hashlib
 import random
+import struct
 import tempfile
 import threading
 import time
 import zipfile
 import zlib
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
 import requests
+from isal import isal_zlib
 
 from ..timeutil import DAY_MS, MINUTE_MS, day_start_ms
 
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 MICROSECONDS_FROM = dt.date(2025, 1, 1)  # Binance spot files switched open/close times to microseconds
 WORKERS = 4  # concurrent downloads per ingest: enough to hide latency, few enough to be polite
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20
 _SPOOL_BYTES = 16 << 20  # a download larger than this spills to a temporary file instead of memory
 _MAX_FILE_BYTES = 512 << 20  # no kline file is anywhere near this; a larger body is not one
 _US_THRESHOLD = 10**14  # ms timestamps stay below this until the year 5138, us timestamps are above it
@@ -198,6 +200,27 @@ def parse_klines_csv(data: bytes, start_ms: int, end_ms: int) -> np.ndarray:
     return out
 
 
+def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str) -> bytes:
+    """A deflated member inflated by ISA-L, checked against its size and CRC-32 as zipfile would.
+
+    zipfile inflates with zlib, which took a third of a month file's whole cost; ISA-L is about 3x faster.
+    """
+    info = zf.getinfo(member)
+    if info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:  # stored or encrypted: rare
+        return zf.read(member)
+    buf.seek(info.header_offset)
+    header = buf.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise CorruptFile("bad zip (no local file header)")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    buf.seek(info.header_offset + 30 + name_len + extra_len)
+    compressed = buf.read(info.compress_size)
+    data = isal_zlib.decompress(compressed, wbits=-15)
+    if len(compressed) != info.compress_size or len(data) != info.file_size or isal_zlib.crc32(data) != info.CRC:
+        raise CorruptFile("bad zip (size or CRC-32 of the CSV does not match)")
+    return data
+
+
 class KlineArchive:
     """Downloads, verifies and splits archive files into days; see the module docstring."""
 
@@ -299,8 +322,8 @@ class KlineArchive:
                     member = file.name[:-4] + ".csv"
                     if names != [member]:
                         raise CorruptFile(f"bad zip: expected one member {member}, found {names[:3]}")
-                    data = zf.read(member)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                    data = _read_member(zf, buf, member)
+            except (zipfile.BadZipFile, zlib.error, isal_zlib.error, EOFError) as exc:
                 raise CorruptFile(f"bad zip ({str(exc)[:80]})") from None
         return parse_klines_csv(data, *file.window_ms())
 

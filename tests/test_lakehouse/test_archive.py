@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from lakehouse.config import Settings
-from lakehouse.exchange.archive import ArchiveFile, CorruptFile, KlineArchive, parse_klines_csv, plan_files
+from lakehouse.exchange.archive import ArchiveFile, CorruptFile, KlineArchive, _read_member, parse_klines_csv, plan_files
 from lakehouse.exchange.ccxt_client import CcxtExchange
 from lakehouse.exchange.emulator import BinanceEmulator
 from lakehouse.exchange.simulated import SimulatedSource
@@ -304,6 +304,21 @@ def test_parse_converts_microseconds_to_the_same_milliseconds():
 def test_parse_is_strict(data, message):
     with pytest.raises(CorruptFile, match=message):
         parse_klines_csv(data, START, START + DAY_MS)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_a_zip_member_is_read_only_when_its_crc_matches(method):
+    data = csv(ROW.format(t=START, c=START + MINUTE_MS - 1), ROW.format(t=START + MINUTE_MS, c=START + 2 * MINUTE_MS - 1))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        zf.writestr("X-1m-2024-01-01.csv", data)
+    good = buf.getvalue()
+    with zipfile.ZipFile(io.BytesIO(good)) as zf:
+        assert _read_member(zf, io.BytesIO(good), "X-1m-2024-01-01.csv") == data
+    at = good.index(b"PK\x01\x02") + 16  # the CRC-32 the central directory records for the member
+    bad = good[:at] + bytes([good[at] ^ 0x01]) + good[at + 1:]
+    with zipfile.ZipFile(io.BytesIO(bad)) as zf, pytest.raises((CorruptFile, zipfile.BadZipFile), match="CRC"):
+        _read_member(zf, io.BytesIO(bad), "X-1m-2024-01-01.csv")
 
 
 def test_whole_months_are_one_file_other_days_daily_files():

@@ -242,6 +242,7 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], symbol: str
         **stamp.as_tags(),
         LAUNCH_TAG: launch,
     }
+    from assets.instance_audit import run_selection
     from definitions import build_resources
 
     if guard is not None:
@@ -252,7 +253,7 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], symbol: str
         try:
             box["result"] = materialize(
                 assets=list(defs.assets or []) + list(defs.asset_checks or []),
-                selection=[AssetKey(s) for s in selection],
+                selection=run_selection(selection),
                 instance=instance,
                 resources=build_resources(),
                 tags=run_tags,

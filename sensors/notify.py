@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 
 from dagster import (
-    AssetCheckKey,
-    AssetKey,
     DagsterEventType,
     DefaultSensorStatus,
     EventRecordsFilter,
@@ -33,13 +31,12 @@ from lakehouse.notify import (
     symbol_freshness_changes,
 )
 from lakehouse.run_tags import describe_partitions
-from lakehouse.schema import RAW_OHLCV
 from resources import LakehouseResource
+from assets.instance_audit import SYMBOL_FRESHNESS_CHECK_KEY
 from sensors.cursor import load_cursor
 
 RUN_FAILURE_SENSOR_NAME = "lakehouse_notify_run_failure"
 FRESHNESS_SENSOR_NAME = "lakehouse_notify_freshness"
-SYMBOL_FRESHNESS_CHECK_KEY = AssetCheckKey(AssetKey(RAW_OHLCV), "symbol_freshness")
 # On its first tick the freshness sensor looks this far back for each asset's current state.
 FIRST_TICK_EVENTS = 500
 EVENTS_PER_TICK = 200

@@ -29,6 +29,7 @@ from dagster import (
 from assets.instance_audit import (  # noqa: F401
     ACTIVE_STATUSES,
     SYMBOL_FRESHNESS_CHECK,
+    SYMBOL_FRESHNESS_CHECK_KEY,
     audit_now,
     in_flight_partitions,
     last_runs_by_symbol,
@@ -188,7 +189,7 @@ def table_requests(instance, asset_graph, storage, audit: Audit) -> tuple[list[R
 
 def _report_freshness(context: SensorEvaluationContext, audit: Audit, asset_graph, cursor: dict) -> None:
     """Record the per-symbol freshness check (runless) when its table changed, or every 10 minutes."""
-    key = AssetCheckKey(AssetKey(RAW_OHLCV), SYMBOL_FRESHNESS_CHECK)
+    key = SYMBOL_FRESHNESS_CHECK_KEY
     if key not in asset_graph.asset_check_keys:
         return
     evaluation, digest_source = freshness_evaluation(audit, last_runs_by_symbol(context.instance))

@@ -27,3 +27,14 @@ def test_default_backfill_builds_every_layer_and_the_scores(tmp_path):
     assert out.output == "n\n1\n"
     for layer in ("rejected_candles", "indicators", "signals"):
         assert invoke("query", f"select count(*) as n from {layer}", "--format", "csv").exit_code == 0
+
+    # Each layer's own checks ran in the run; the per-symbol freshness report did not (the repair sensor
+    # records it: inside a run it would cost a walk over every partition key of raw_ohlcv).
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+    from assets.instance_audit import SYMBOL_FRESHNESS_CHECK_KEY
+
+    with DagsterInstance.get() as instance:
+        checked = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey("clean_bars"), "ohlc_sanity"))
+        assert checked is not None and checked.event.dagster_event.event_specific_data.passed
+        assert instance.get_latest_asset_check_evaluation_record(SYMBOL_FRESHNESS_CHECK_KEY) is None

@@ -99,3 +99,64 @@ def test_batched_event_log_leaves_what_dagsters_own_leaves(tmp_path):
     # The failed run: b's partitions failed, a's latest materialization is the failed run's, the check failed.
     assert set(failed["b"]["status"].values()) == {AssetPartitionStatus.FAILED}
     assert failed["a"]["latest_run"] and failed["check"][0] == ("FAILED", True)
+
+
+def _message(run_id: str, text: str):
+    import logging
+    import time
+
+    from dagster._core.event_api import EventLogEntry
+
+    return EventLogEntry(error_info=None, level=logging.INFO, user_message=text, run_id=run_id, timestamp=time.time())
+
+
+def _open_databases() -> set[str]:
+    import os
+
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith(".db"):
+            names.add(target)
+    return names
+
+
+def test_kept_connections_are_bounded_and_what_they_write_is_seen_by_dagsters_own_storage(tmp_path):
+    import os
+
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from resources.event_log import _OPEN_SHARDS
+
+    ours = BatchingSqliteEventLogStorage(str(tmp_path))
+    before = _open_databases()
+    runs = [f"run{i:02d}" for i in range(3 * _OPEN_SHARDS)]
+    for run in runs:
+        ours.store_event(_message(run, f"hello {run}"))
+    opened = _open_databases() - before
+    # A long-lived webserver reads and writes many runs: only the last few keep a database open.
+    assert 0 < len(opened) <= _OPEN_SHARDS
+    plain = SqliteEventLogStorage(str(tmp_path))  # another process's view: every event committed
+    assert [e.user_message for e in plain.get_logs_for_run("run00")] == ["hello run00"]
+
+    # wipe deletes the run databases: later events must land in new ones, not in deleted files still open.
+    ours.wipe()
+    ours.store_event(_message("run00", "after wipe"))
+    assert [e.user_message for e in plain.get_logs_for_run("run00")] == ["after wipe"]
+
+    # A forked child (a Celery prefork worker, say) opens its own connections, never its parent's.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.store_event(_message("run00", "from the child"))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    ours.store_event(_message("run00", "from the parent"))
+    assert [e.user_message for e in plain.get_logs_for_run("run00")] == ["after wipe", "from the child",
+                                                                         "from the parent"]
+    ours.dispose()
+    assert not (_open_databases() - before)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from dagster import (
+    AssetCheckEvaluation,
     DagsterEventType,
     DefaultSensorStatus,
     EventRecordsFilter,
@@ -85,6 +86,8 @@ def _symbol_changes(instance, cursor: dict) -> list:
     if record is None or record.event is None or record.id == cursor.get("check_id"):
         return []
     evaluation = record.event.dagster_event.event_specific_data
+    if not isinstance(evaluation, AssetCheckEvaluation):
+        return []  # a run that includes the check has planned it and not run it yet: its result comes later
     entry = (evaluation.metadata or {}).get("freshness_by_symbol")
     current = entry.value if entry is not None and isinstance(entry.value, dict) else {}
     changes = symbol_freshness_changes(cursor.get("tiers"), current)

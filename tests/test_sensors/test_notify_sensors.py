@@ -207,6 +207,35 @@ def run_freshness_daemon(instance):
         return asyncio.run(FreshnessDaemon()._evaluate_assets(ctx))
 
 
+def test_a_freshness_check_planned_by_a_run_and_not_yet_evaluated_is_waited_for(instance, root, hook):
+    from dagster import DagsterEvent, DagsterEventType
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationPlanned
+    from dagster._core.events.log import EventLogEntry
+
+    from assets.instance_audit import SYMBOL_FRESHNESS_CHECK_KEY
+
+    lake = Lakehouse(instance, root)
+    lake.repair_tick(NOW_MS, run=("BTC/USDT", "ETH/USDT"))
+    lake.repair_tick(NOW_MS)  # an evaluation: both fresh
+    cursor = tick(notify_freshness, instance, root).cursor
+    # A deployment's run that includes the check plans it first; its evaluation comes when the step has run.
+    planned = DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value, job_name="__ASSET_JOB",
+                           event_specific_data=AssetCheckEvaluationPlanned(asset_key=SYMBOL_FRESHNESS_CHECK_KEY.asset_key,
+                                                                           check_name=SYMBOL_FRESHNESS_CHECK_KEY.name))
+    instance.store_event(EventLogEntry(error_info=None, level="debug", user_message="", run_id="a-run-in-flight",
+                                       timestamp=time.time(), dagster_event=planned))
+    latest = instance.get_latest_asset_check_evaluation_record(SYMBOL_FRESHNESS_CHECK_KEY)
+    assert latest.event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED
+    result = tick(notify_freshness, instance, root, cursor)
+    assert hook.messages == [] and result.cursor == cursor
+
+    # Three hours later BTC/USDT is aging: the next evaluation is read as usual.
+    lake.repair_tick(NOW_MS + 3 * HOUR_MS, run=("ETH/USDT",))
+    lake.repair_tick(NOW_MS + 3 * HOUR_MS)
+    tick(notify_freshness, instance, root, result.cursor)
+    assert [m["text"].splitlines()[0] for m in hook.messages] == ["[WARN] lakehouse freshness WARN: BTC/USDT"]
+
+
 def test_an_asset_freshness_change_to_warn_notifies_once(instance, root, hook):
     cursor = tick(notify_freshness, instance, root).cursor
     materialized_hours_ago(instance, 3)

@@ -128,6 +128,7 @@ class Settings:
     freshness_fail_hours: float = 24.0
     stale_lag_minutes: float = 5.0
     repair_interval_s: int = 60
+    notify_interval_s: int = 30
     webhook_url: str | None = None
     ui_url: str | None = None
     # A refetch that returns the same gaps is retried after retry_delay_minutes, doubling up to the max;
@@ -184,6 +185,7 @@ class Settings:
             freshness_fail_hours=fail,
             stale_lag_minutes=_float(env, "LAKEHOUSE_STALE_LAG_MINUTES", cls.stale_lag_minutes),
             repair_interval_s=int(_float(env, "LAKEHOUSE_REPAIR_INTERVAL_S", cls.repair_interval_s, 1)),
+            notify_interval_s=int(_float(env, "LAKEHOUSE_NOTIFY_INTERVAL_S", cls.notify_interval_s, 1)),
             webhook_url=_http_url(env, "LAKEHOUSE_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX",
                                   secret_path=True),
             ui_url=(_http_url(env, "LAKEHOUSE_UI_URL", "http://127.0.0.1:3000") or "").rstrip("/") or None,

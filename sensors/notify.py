@@ -63,7 +63,7 @@ def failure_messages(context: RunFailureSensorContext) -> tuple[list[str], list[
     # Runs the CLI executes in-process (`lakehouse backfill`, `repair`) have no code location; watching every
     # location is what makes their failures reach the channel too.
     monitor_all_code_locations=True,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=Settings.from_env().notify_interval_s,
     default_status=DefaultSensorStatus.RUNNING,
     description="Posts every failed run (run id, assets, partitions, error) to LAKEHOUSE_WEBHOOK_URL, or logs it "
                 "when no URL is set.",

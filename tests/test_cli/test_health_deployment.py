@@ -36,7 +36,8 @@ FAILURE_SENSOR_TICKS = """
 def live(tmp_path_factory):
     with WebhookReceiver() as hook:
         d = Deployment(tmp_path_factory.mktemp("health_deployment"),
-                       env={"LAKEHOUSE_WEBHOOK_URL": hook.url, "LAKEHOUSE_UI_URL": "http://127.0.0.1:3000"})
+                       env={"LAKEHOUSE_WEBHOOK_URL": hook.url, "LAKEHOUSE_UI_URL": "http://127.0.0.1:3000",
+                            "LAKEHOUSE_NOTIFY_INTERVAL_S": "2"})
         try:
             d.start()
             _wait_until_every_daemon_beat_and_the_failure_sensor_ticked(d)
@@ -104,7 +105,7 @@ def test_a_failed_run_reaches_the_webhook_through_the_daemon_and_health_counts_i
     assert backfill.returncode == 1
     run_id = json.loads(backfill.stdout)["failed"][0]["run_id"]
 
-    deadline = time.monotonic() + 75  # the run failure sensor ticks every 30 s
+    deadline = time.monotonic() + 75  # the run failure sensor ticks every LAKEHOUSE_NOTIFY_INTERVAL_S
     while not hook.messages and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(hook.messages) == 1, d.log_tail()

@@ -34,3 +34,10 @@ def test_fetch_concurrency_setting():
     assert Settings.from_env({"LAKEHOUSE_FETCH_CONCURRENCY": "3"}).fetch_concurrency == 3
     with pytest.raises(ConfigError, match="LAKEHOUSE_FETCH_CONCURRENCY"):
         Settings.from_env({"LAKEHOUSE_FETCH_CONCURRENCY": "0"})
+
+
+def test_notify_interval_setting():
+    assert Settings.from_env({}).notify_interval_s == 30
+    assert Settings.from_env({"LAKEHOUSE_NOTIFY_INTERVAL_S": "2"}).notify_interval_s == 2
+    with pytest.raises(ConfigError, match="LAKEHOUSE_NOTIFY_INTERVAL_S"):
+        Settings.from_env({"LAKEHOUSE_NOTIFY_INTERVAL_S": "0"})

@@ -12,13 +12,15 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterRunStatus, R
 from assets.partitions import SYMBOLS_PARTITION, parse_partition_key, symbol_day_partitions
 from lakehouse.audit import Audit, Auditor, audited_layers
 from lakehouse.config import Settings
-from lakehouse.schema import RAW_OHLCV
 from lakehouse.registry import Registry, TrackedSymbol
+from lakehouse.schema import RAW_OHLCV
 from lakehouse.status import ACTIVE_RUN_STATUSES, RunSummary, in_flight, last_runs, tracked_entries
 from resources import ExchangeResource, LakehouseResource
 
 SYMBOL_FRESHNESS_CHECK = "symbol_freshness"
 SYMBOL_FRESHNESS_CHECK_KEY = AssetCheckKey(AssetKey(RAW_OHLCV), SYMBOL_FRESHNESS_CHECK)
+
+ACTIVE_STATUSES = [DagsterRunStatus(s) for s in ACTIVE_RUN_STATUSES]
 
 
 def run_selection(asset_names: Sequence[str]) -> AssetSelection:
@@ -29,7 +31,6 @@ def run_selection(asset_names: Sequence[str]) -> AssetSelection:
     at 5 symbols since 2017, growing with symbols x days).
     """
     return AssetSelection.assets(*[AssetKey(n) for n in asset_names]) - AssetSelection.checks(SYMBOL_FRESHNESS_CHECK_KEY)
-ACTIVE_STATUSES = [DagsterRunStatus(s) for s in ACTIVE_RUN_STATUSES]
 
 
 def tracked_symbols(instance, registry: Registry) -> tuple[list[TrackedSymbol], list[str]]:

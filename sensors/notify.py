@@ -23,6 +23,7 @@ from dagster import (
     sensor,
 )
 
+from assets.instance_audit import SYMBOL_FRESHNESS_CHECK_KEY
 from lakehouse.config import Settings
 from lakehouse.notify import (
     asset_freshness_change,
@@ -33,7 +34,6 @@ from lakehouse.notify import (
 )
 from lakehouse.run_tags import describe_partitions
 from resources import LakehouseResource
-from assets.instance_audit import SYMBOL_FRESHNESS_CHECK_KEY
 from sensors.cursor import load_cursor
 
 RUN_FAILURE_SENSOR_NAME = "lakehouse_notify_run_failure"

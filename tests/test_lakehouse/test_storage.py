@@ -78,3 +78,12 @@ def test_meta_documents_are_atomic_and_confined(storage):
     assert sorted(os.listdir(storage.root / "_meta")) == ["state.json"]
     with pytest.raises(StorageError, match="outside"):
         storage.write_meta("../escape.json", b"x")
+
+
+def test_a_written_file_has_the_layers_column_order_even_when_the_frame_has_another(tmp_path):
+    from lakehouse.schema import LAYERS, empty
+
+    frame = empty(RAW_OHLCV)
+    shuffled = frame.select(list(reversed(frame.columns)))
+    path = Storage(tmp_path).write_partition(RAW_OHLCV, "binance", "BTC/USDT", dt.date(2024, 1, 1), shuffled)
+    assert list(pl.read_parquet_schema(path).items()) == list(LAYERS[RAW_OHLCV].items())

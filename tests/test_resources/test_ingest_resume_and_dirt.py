@@ -237,6 +237,20 @@ def test_a_new_process_reads_the_weight_already_used_before_sending(source, stor
         assert emu.stats()["paths"]["/api/v3/time"] == 1  # the cheap first call
 
 
+def test_only_the_governor_paces_an_exchange_that_reports_its_weight(source, storage):
+    # ccxt's throttle waits rateLimit x cost after every request (0.2 s before each process's exchangeInfo);
+    # Binance reports its used weight, so the governor alone keeps to the budget there.
+    with BinanceEmulator(source=source) as emu:
+        client = client_for(emu)
+        throttled = []
+        client.client.throttle = lambda cost=None: throttled.append(cost)
+        ingest_days(client, storage, "BTC/USDT", [D1])
+        assert emu.stats()["paths"]["/api/v3/exchangeInfo"] == 1
+        assert throttled == []
+        assert (emu.count_429, emu.count_418) == (0, 0)
+    assert CcxtExchange("kraken").client.enableRateLimit  # no weight header: ccxt's throttle is the pacing
+
+
 def test_overlapping_requests_under_latency_stay_inside_the_budget(source, storage):
     with BinanceEmulator(source=source, weight_limit=50, weight_window_s=1.0, latency_ms=50, jitter_ms=20) as emu:
         client = client_for(emu, concurrency=4)

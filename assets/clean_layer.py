@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 from dagster import AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue
 
@@ -22,6 +23,7 @@ from .glue import (
     ROWS_ACCOUNTED,
     UNIQUE_BARS,
     CheckBook,
+    DayWriter,
     add_partition_metadata,
     gate,
     require,
@@ -29,7 +31,6 @@ from .glue import (
     selected_checks,
     split_days,
     to_metadata,
-    write_days,
 )
 
 # A raw row whose timestamp lies outside the day of the file it was stored in cannot belong to that partition.
@@ -56,19 +57,17 @@ def _listing_day(storage: Storage, symbol: str) -> dt.date | None:
     return entry.listing if entry else None
 
 
-def _expected_window(day: dt.date, raw_day: pl.DataFrame, listing: dt.date | None) -> tuple[int, int]:
-    """[start, end) in ms of the minutes a day's raw file could hold: up to when it was fetched (the current day
-    is partial), from the listing on."""
+def _expected_window(day: dt.date, fetched_ms: int | None, first_ms: int | None,
+                     listing: dt.date | None) -> tuple[int, int]:
+    """[start, end) in ms of the minutes a day's raw file could hold: up to when it was fetched (`fetched_ms`, the
+    newest fetched_at of its rows: the current day is partial), from the listing on (`first_ms`: its first row)."""
     start = day_start_ms(day)
-    fetched = raw_day.get_column("fetched_at").max() if raw_day.height else None
-    now = int(fetched.timestamp() * 1000) if fetched is not None else system_clock_ms()
+    now = fetched_ms if fetched_ms is not None else system_clock_ms()
     end = min(start + DAY_MS, (now // MINUTE_MS) * MINUTE_MS)
     if listing is not None and day < listing:
         end = start
-    elif listing is not None and day == listing and raw_day.height:
-        first = raw_day.get_column("timestamp").min()
-        if first is not None:
-            start = max(start, -(-int(first.timestamp() * 1000) // MINUTE_MS) * MINUTE_MS)
+    elif listing is not None and day == listing and first_ms is not None:
+        start = max(start, -(-first_ms // MINUTE_MS) * MINUTE_MS)
     return start, max(start, end)
 
 
@@ -116,25 +115,48 @@ def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dic
     return split_days(bars, days), split_days(rejects, days), stats
 
 
-def _clean_day_metadata(bars: pl.DataFrame, rejects: pl.DataFrame, raw_rows: int, completeness: dict) -> dict:
-    """A day's figures: the headline numbers each as a number (the UI plots them across partitions), the
-    breakdowns (bars per interval, rejects per reason) each as one JSON entry, which keeps every partition's
-    event small: its metadata is serialized several times per event."""
-    counts = dict(bars.group_by("interval").len().iter_rows()) if bars.height else {}
-    reasons = dict(rejects.group_by("reason").len().iter_rows()) if rejects.height else {}
-    md = {
-        "rows": bars.height,
-        "raw_rows": raw_rows,
-        "bars_1m": int(counts.get("1m", 0)),
-        "incomplete_bars": int(bars.filter(~pl.col("complete")).height),
-        "rejected_rows": rejects.height,
-        "bars": {iv: int(counts.get(iv, 0)) for iv in ALL_INTERVALS},
-        "rejected": {r: int(reasons.get(r, 0)) for r in (*REASONS, OUTSIDE_DAY)},
-    }
-    md.update({k: completeness[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count")})
-    md["completeness_pct"] = (round(100.0 * min(md["present_minutes"], md["expected_minutes"]) / md["expected_minutes"], 3)
-                              if md["expected_minutes"] else 100.0)
-    return md
+def _day_figures(raw: pl.DataFrame, bars: pl.DataFrame, rejects: pl.DataFrame, days: list[dt.date],
+                 listing: dt.date | None) -> dict[dt.date, dict]:
+    """Each day's figures, from one group-by per frame over the run (all three carry `_day`): the headline numbers
+    each as a number (the UI plots them across partitions), the breakdowns (bars per interval, rejects per
+    reason) each as one JSON entry, which keeps every partition's event small: its metadata is serialized
+    several times per event; and the day's completeness (`_completeness`: passed, its metadata)."""
+    ms = pl.col("timestamp").cast(pl.Int64)
+    raw_by_day = {r[0]: r[1:] for r in raw.group_by("_day").agg(pl.len(), pl.col("fetched_at").cast(pl.Int64).max(),
+                                                                  ms.min()).iter_rows()}
+    counts: dict[dt.date, dict[str, int]] = {d: {} for d in days}
+    incomplete: dict[dt.date, int] = dict.fromkeys(days, 0)
+    for day, interval, n, bad in bars.group_by("_day", "interval").agg(pl.len(), (~pl.col("complete")).sum()).iter_rows():
+        if day in counts:
+            counts[day][interval] = n
+            incomplete[day] += bad
+    reasons: dict[dt.date, dict[str, int]] = {d: {} for d in days}
+    for day, reason, n in rejects.group_by("_day", "reason").len().iter_rows():
+        if day in reasons:
+            reasons[day][reason] = n
+    # A bar's _day is its timestamp's day: each day's 1m open times are one slice of them sorted.
+    minutes = bars.filter(pl.col("interval") == "1m").get_column("timestamp").cast(pl.Int64).sort().to_numpy()
+    out = {}
+    for day in days:
+        raw_rows, fetched_ms, first_ms = raw_by_day.get(day, (0, None, None))
+        start, end = _expected_window(day, fetched_ms, first_ms, listing)
+        lo, hi = np.searchsorted(minutes, [day_start_ms(day), day_start_ms(day) + DAY_MS])
+        ok, cmd = checks.completeness_of_minutes(minutes[lo:hi].tolist(), (end - start) // MINUTE_MS, start, end)
+        md = {
+            "rows": sum(counts[day].values()),
+            "raw_rows": raw_rows,
+            "bars_1m": int(counts[day].get("1m", 0)),
+            "incomplete_bars": int(incomplete[day]),
+            "rejected_rows": sum(reasons[day].values()),
+            "bars": {iv: int(counts[day].get(iv, 0)) for iv in ALL_INTERVALS},
+            "rejected": {r: int(reasons[day].get(r, 0)) for r in (*REASONS, OUTSIDE_DAY)},
+        }
+        md.update({k: cmd[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count")})
+        md["completeness_pct"] = (round(100.0 * min(md["present_minutes"], md["expected_minutes"]) / md["expected_minutes"], 3)
+                                  if md["expected_minutes"] else 100.0)
+        md["_completeness"] = (ok, cmd)
+        out[day] = md
+    return out
 
 
 def sum_metadata(per_day: dict[dt.date, dict]) -> dict:
@@ -160,55 +182,52 @@ def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan:
     books = {name: CheckBook(CLEAN_BARS, name, AssetCheckSeverity.WARN if name == COMPLETENESS
                              else AssetCheckSeverity.ERROR) for name in selected_checks(context, CLEAN_BARS)}
     all_days: list[dt.date] = []
-    for symbol, days in plan.items():
-        require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
-        gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
-        raw = _read_raw_days(storage, ex, symbol, days)
-        whole_bars, whole_rejects, _stats = clean_whole(raw)
-        bars, rejects = split_days(whole_bars, days), split_days(whole_rejects, days)
-        whole_bars = whole_bars.drop("_day")
-        raw_by_day = split_days(raw, days)
-        listing = _listing_day(storage, symbol)
-        if CLEAN_BARS in selected:
-            write_days(storage, CLEAN_BARS, ex, symbol, bars)
-        if REJECTED_CANDLES in selected:
-            write_days(storage, REJECTED_CANDLES, ex, symbol, rejects)
+    with DayWriter() as writer:
+        for symbol, days in plan.items():
+            require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
+            gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
+            raw = _read_raw_days(storage, ex, symbol, days)
+            whole_bars, whole_rejects, _stats = clean_whole(raw)
+            bars, rejects = split_days(whole_bars, days), split_days(whole_rejects, days)
+            if CLEAN_BARS in selected:
+                writer.write(storage, CLEAN_BARS, ex, symbol, bars)
+            if REJECTED_CANDLES in selected:
+                writer.write(storage, REJECTED_CANDLES, ex, symbol, rejects)
 
-        per_day = {}
-        complete_outcome, gaps = {}, []
-        for day in days:
-            start, end = _expected_window(day, raw_by_day[day], listing)
-            ok, cmd = checks.completeness(bars[day], (end - start) // MINUTE_MS, start, end)
-            complete_outcome[day] = ok
-            gaps += [[str(day), *g] for g in cmd["gaps"]]
-            per_day[day] = _clean_day_metadata(bars[day], rejects[day], raw_by_day[day].height, cmd)
-        if CLEAN_BARS in selected:
-            add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
-        if REJECTED_CANDLES in selected:
-            add_partition_metadata(context, REJECTED_CANDLES, symbol, {
-                d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"], "reasons": per_day[d]["rejected"]}
-                for d in days})
-        all_days += days
-        if OHLC_SANITY in books:
-            books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity, whole=whole_bars)
-        if UNIQUE_BARS in books:
-            books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness, whole=whole_bars)
-        if ROWS_ACCOUNTED in books:
-            accounted = {d: per_day[d]["raw_rows"] == per_day[d]["bars_1m"] + per_day[d]["rejected_rows"] for d in days}
-            books[ROWS_ACCOUNTED].add(symbol, accounted, {
-                "raw_rows": raw.height, "clean_1m_rows": sum(per_day[d]["bars_1m"] for d in days),
-                "rejected_rows": sum(per_day[d]["rejected_rows"] for d in days),
-                "unaccounted_days": [str(d) for d, ok in accounted.items() if not ok][:50]})
-        if COMPLETENESS in books:
-            total = sum_metadata(per_day)
-            books[COMPLETENESS].add(symbol, complete_outcome, {
-                k: total[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count",
-                                      "completeness_pct")} | {
-                "incomplete_days": [str(d) for d, ok in complete_outcome.items() if not ok][:100],
-                "gaps": gaps[: checks.MAX_GAPS]})
-        context.log.info(
-            f"{symbol} {days[0]}..{days[-1]}: {raw.height} raw -> {sum(per_day[d]['bars_1m'] for d in days)} "
-            f"clean 1m bars, {sum(per_day[d]['rejected_rows'] for d in days)} rejected")
+            per_day = _day_figures(raw, whole_bars, whole_rejects, days, _listing_day(storage, symbol))
+            whole_bars = whole_bars.drop("_day")
+            complete_outcome, gaps = {}, []
+            for day, md in per_day.items():
+                ok, cmd = md.pop("_completeness")
+                complete_outcome[day] = ok
+                gaps += [[str(day), *g] for g in cmd["gaps"]]
+            if CLEAN_BARS in selected:
+                add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
+            if REJECTED_CANDLES in selected:
+                add_partition_metadata(context, REJECTED_CANDLES, symbol, {
+                    d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"], "reasons": per_day[d]["rejected"]}
+                    for d in days})
+            all_days += days
+            if OHLC_SANITY in books:
+                books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity, whole=whole_bars)
+            if UNIQUE_BARS in books:
+                books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness, whole=whole_bars)
+            if ROWS_ACCOUNTED in books:
+                accounted = {d: per_day[d]["raw_rows"] == per_day[d]["bars_1m"] + per_day[d]["rejected_rows"] for d in days}
+                books[ROWS_ACCOUNTED].add(symbol, accounted, {
+                    "raw_rows": raw.height, "clean_1m_rows": sum(per_day[d]["bars_1m"] for d in days),
+                    "rejected_rows": sum(per_day[d]["rejected_rows"] for d in days),
+                    "unaccounted_days": [str(d) for d, ok in accounted.items() if not ok][:50]})
+            if COMPLETENESS in books:
+                total = sum_metadata(per_day)
+                books[COMPLETENESS].add(symbol, complete_outcome, {
+                    k: total[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count",
+                                          "completeness_pct")} | {
+                    "incomplete_days": [str(d) for d, ok in complete_outcome.items() if not ok][:100],
+                    "gaps": gaps[: checks.MAX_GAPS]})
+            context.log.info(
+                f"{symbol} {days[0]}..{days[-1]}: {raw.height} raw -> {sum(per_day[d]['bars_1m'] for d in days)} "
+                f"clean 1m bars, {sum(per_day[d]['rejected_rows'] for d in days)} rejected")
 
     CheckBook.record_all(books.values(), storage, ex, context.run_id)
     shared = to_metadata(run_metadata(sorted(all_days)))

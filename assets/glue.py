@@ -29,7 +29,7 @@ from .freshness import freshness_policy
 from .partitions import partition_key
 
 GROUP = "derived"
-# Day files written at once by one layer of one run (see write_days).
+# Day files written at once by one layer of one run (see DayWriter).
 WRITE_THREADS = 4
 ONE_DAY = dt.timedelta(days=1)
 
@@ -75,15 +75,48 @@ def split_days(df: pl.DataFrame, days: Iterable[dt.date], day_col: str = "_day")
     return {d: parts.get(d, template) for d in days}
 
 
-def write_days(storage: Storage, layer: str, exchange: str, symbol: str, frames: dict[dt.date, pl.DataFrame]) -> None:
-    """Write each day's file (atomically, through Storage), a few at a time: encoding and fsync release the GIL,
-    so one day's fsync overlaps the next day's encoding. Progress is reported day by day, in order."""
-    with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
-        written = pool.map(lambda item: (item[0], item[1].height,
-                                         storage.write_partition(layer, exchange, symbol, item[0], item[1])),
-                           frames.items())
-        for day, rows, _path in written:
-            progress.emit(progress.ProgressEvent("partition_done", layer, symbol, day.isoformat(), rows))
+class DayWriter:
+    """Writes a layer's day files (atomically, through Storage) on a few threads while the layer goes on with its
+    metadata and checks: encoding and fsync release the GIL. Progress is reported as each file lands.
+
+    Leaving the `with` block waits for every file and raises the first failure, so a layer's results are only
+    returned once its files are on disk; on an exception inside the block, files not yet started are dropped.
+    """
+
+    def __init__(self, threads: int = WRITE_THREADS):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="write")
+        self._pending: list = []
+
+    def write(self, storage: Storage, layer: str, exchange: str, symbol: str,
+              frames: dict[dt.date, pl.DataFrame]) -> None:
+        """Queue each day's file; first waits for the batches queued before the last one, so at most two
+        batches of frames (say, one symbol's while the next is computed) are held at once."""
+        if len(self._pending) > 1:
+            self._wait(self._pending[:-1])
+            del self._pending[:-1]
+        self._pending.append([self._pool.submit(_write_day, storage, layer, exchange, symbol, day, df)
+                              for day, df in frames.items()])
+
+    @staticmethod
+    def _wait(batches) -> None:
+        for batch in batches:
+            for future in batch:
+                future.result()
+
+    def __enter__(self) -> "DayWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._wait(self._pending)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+def _write_day(storage: Storage, layer: str, exchange: str, symbol: str, day: dt.date, df: pl.DataFrame) -> None:
+    storage.write_partition(layer, exchange, symbol, day, df)
+    progress.emit(progress.ProgressEvent("partition_done", layer, symbol, day.isoformat(), df.height))
 
 
 def refuse(message: str, **metadata) -> Failure:

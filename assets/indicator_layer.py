@@ -19,6 +19,7 @@ from .glue import (
     INDICATOR_SANITY,
     ONE_DAY,
     CheckBook,
+    DayWriter,
     add_partition_metadata,
     gate,
     require,
@@ -26,7 +27,6 @@ from .glue import (
     selected_checks,
     split_days,
     to_metadata,
-    write_days,
 )
 
 INDICATOR_CHECKS = [
@@ -72,27 +72,28 @@ def build_indicators(context: AssetExecutionContext, storage: Storage, ex: str,
     book = CheckBook(INDICATORS, INDICATOR_SANITY) if selected_checks(context, INDICATORS) else None
     all_days: list[dt.date] = []
     warmup: dict = {}
-    for symbol, days in plan.items():
-        first, last = days[0], days[-1]
-        require(storage, CLEAN_BARS, ex, symbol, days, INDICATORS)
-        gate(storage, CLEAN_BARS, ex, symbol, first - dt.timedelta(days=history_days_needed()), last, INDICATORS)
-        bars = read_warmup_bars(storage, ex, symbol, first, last)
-        # One pass over the whole range with one warm-up: a range run equals its days run one by one.
-        ind = compute_indicators(bars, first, last + ONE_DAY)
-        frames = split_days(ind, days)
-        write_days(storage, INDICATORS, ex, symbol, frames)
-        warmup = _warmup_metadata(bars, ind, first)
-        per_day = _per_day_metadata(bars, ind, days, warmup)
-        add_partition_metadata(context, INDICATORS, symbol, per_day)
-        all_days += days
-        short = {iv: w for iv, w in warmup.items() if w["rows_without_full_warmup"]}
-        if short:
-            context.log.warning(
-                f"{symbol}: too little history for a full {max(WARMUP_BARS.values())}-bar warm-up on "
-                f"{', '.join(short)}; values are null until TA-Lib's own lookback is met and the rows say "
-                f"warmup_ok=false")
-        if book:
-            book.run(symbol, frames, checks.indicator_sanity, whole=ind)
+    with DayWriter() as writer:
+        for symbol, days in plan.items():
+            first, last = days[0], days[-1]
+            require(storage, CLEAN_BARS, ex, symbol, days, INDICATORS)
+            gate(storage, CLEAN_BARS, ex, symbol, first - dt.timedelta(days=history_days_needed()), last, INDICATORS)
+            bars = read_warmup_bars(storage, ex, symbol, first, last)
+            # One pass over the whole range with one warm-up: a range run equals its days run one by one.
+            ind = compute_indicators(bars, first, last + ONE_DAY)
+            frames = split_days(ind, days)
+            writer.write(storage, INDICATORS, ex, symbol, frames)
+            warmup = _warmup_metadata(bars, ind, first)
+            per_day = _per_day_metadata(bars, ind, days, warmup)
+            add_partition_metadata(context, INDICATORS, symbol, per_day)
+            all_days += days
+            short = {iv: w for iv, w in warmup.items() if w["rows_without_full_warmup"]}
+            if short:
+                context.log.warning(
+                    f"{symbol}: too little history for a full {max(WARMUP_BARS.values())}-bar warm-up on "
+                    f"{', '.join(short)}; values are null until TA-Lib's own lookback is met and the rows say "
+                    f"warmup_ok=false")
+            if book:
+                book.run(symbol, frames, checks.indicator_sanity, whole=ind)
 
     if book:
         CheckBook.record_all([book], storage, ex, context.run_id)

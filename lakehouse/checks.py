@@ -54,6 +54,9 @@ def ohlc_sanity(clean_bars: pl.DataFrame) -> CheckResult:
 def uniqueness(clean_bars: pl.DataFrame) -> CheckResult:
     """No two bars share (exchange, symbol, interval, timestamp)."""
     key = [k for k in ("exchange", "symbol", "interval", "timestamp") if k in clean_bars.columns]
+    if not clean_bars.height or not clean_bars.select(key).is_duplicated().any():
+        # The usual answer, at a third of the group-by's cost; the group-by then only runs to describe dupes.
+        return True, {"rows": clean_bars.height, "duplicated_keys": 0, "extra_rows": 0, "examples": []}
     dupes = clean_bars.group_by(key).len().filter(pl.col("len") > 1).sort(key)
     extra = int(dupes.get_column("len").sum() - dupes.height) if dupes.height else 0
     return dupes.height == 0, {
@@ -85,6 +88,16 @@ def completeness(
     bars too when the window [start, end) is given."""
     one_minute = clean_bars.filter(pl.col("interval") == "1m") if "interval" in clean_bars.columns else clean_bars
     ts = one_minute.get_column("timestamp").cast(pl.Int64).to_list()
+    return completeness_of_minutes(ts, expected_minutes, start, end)
+
+
+def completeness_of_minutes(
+    ts: list[int],
+    expected_minutes: int,
+    start: int | dt.date | dt.datetime | None = None,
+    end: int | dt.date | dt.datetime | None = None,
+) -> CheckResult:
+    """completeness() of a day given its 1m bars' open times in ms: a range run has them at hand for every day."""
     gaps = find_gaps(ts, None if start is None else to_ms(start), None if end is None else to_ms(end))
     return len(ts) >= expected_minutes, {
         "expected_minutes": expected_minutes,

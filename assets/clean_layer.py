@@ -13,7 +13,7 @@ from lakehouse.clean import REASONS, clean_candles
 from lakehouse.errors import LakehouseError
 from lakehouse.registry import Registry
 from lakehouse.resample import ALL_INTERVALS, DEFAULT_INTERVALS, resample
-from lakehouse.schema import CLEAN_BARS, LAYERS, RAW_OHLCV, REJECTED_CANDLES, conform, empty
+from lakehouse.schema import CLEAN_BARS, RAW_OHLCV, REJECTED_CANDLES, conform
 from lakehouse.storage import Storage
 from lakehouse.timeutil import DAY_MS, MINUTE_MS, day_start_ms, system_clock_ms
 
@@ -69,26 +69,6 @@ def _expected_window(day: dt.date, fetched_ms: int | None, first_ms: int | None,
     elif listing is not None and day == listing and first_ms is not None:
         start = max(start, -(-first_ms // MINUTE_MS) * MINUTE_MS)
     return start, max(start, end)
-
-
-def _read_raw_days(storage: Storage, exchange: str, symbol: str, days: list[dt.date]) -> pl.DataFrame:
-    """The raw rows of the days, each tagged with the day of the file it came from (`_day`): one lazy scan of the
-    days' files, each read in full so a torn file is named as Storage would."""
-    wanted = set(days)
-    paths = {str(s.path): s.ref.day for s in storage.list_partitions(RAW_OHLCV, exchange, symbol) if s.ref.day in wanted}
-    if not paths:
-        return empty(RAW_OHLCV).with_columns(pl.lit(None, dtype=pl.Date).alias("_day"))
-    schema = LAYERS[RAW_OHLCV]
-    try:
-        df = pl.scan_parquet(list(paths), include_file_paths="_path", hive_partitioning=False).select(
-            *[pl.col(c).cast(t) for c, t in schema.items()], "_path").collect()
-    except Exception:  # a torn or foreign file: read one by one, which names it
-        frames = [storage.read_partition(RAW_OHLCV, exchange, symbol, d).with_columns(pl.lit(d).alias("_day"))
-                  for d in sorted(paths.values())]
-        return pl.concat(frames, how="vertical")
-    by_path = pl.DataFrame({"_path": list(paths), "_day": list(paths.values())}, schema={"_path": pl.String,
-                                                                                         "_day": pl.Date})
-    return df.join(by_path, on="_path", how="left", maintain_order="left").drop("_path")
 
 
 def clean_whole(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
@@ -186,7 +166,7 @@ def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan:
         for symbol, days in plan.items():
             require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
             gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
-            raw = _read_raw_days(storage, ex, symbol, days)
+            raw = storage.read_days(RAW_OHLCV, ex, symbol, days)
             whole_bars, whole_rejects, _stats = clean_whole(raw)
             bars, rejects = split_days(whole_bars, days), split_days(whole_rejects, days)
             if CLEAN_BARS in selected:

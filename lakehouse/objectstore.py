@@ -404,6 +404,21 @@ class ObjectStorage(Storage):
             df = df.sort("timestamp", maintain_order=True)
         return df
 
+    def read_days(self, layer: str, exchange: str, symbol: str, days: Sequence[dt.date],
+                  day_column: str = "_day") -> pl.DataFrame:
+        # Each object through our own client (endpoint, credentials, retries): polars given s3:// URLs would go to
+        # AWS itself, whatever endpoint the lakehouse is configured with.
+        wanted = set(days)
+        found = [(self._key_of(str(s.path)), s.ref.day) for s in self.list_partitions(layer, exchange, symbol)
+                 if s.ref.day in wanted]
+        none = empty(layer).with_columns(pl.lit(None, dtype=pl.Date).alias(day_column))
+        if not found:
+            return none
+        with concurrent.futures.ThreadPoolExecutor(min(_FETCH_THREADS, len(found))) as pool:
+            frames = list(pool.map(lambda item: self._read_parquet(item[0]), found))
+        return pl.concat([none, *(conform(f, layer).with_columns(pl.lit(day, dtype=pl.Date).alias(day_column))
+                                  for f, (_key, day) in zip(frames, found) if f is not None)], how="vertical")
+
     def read_stored(self, path: str) -> pl.DataFrame:
         key = self._key_of(path)
         body = self._get(key)

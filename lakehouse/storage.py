@@ -219,6 +219,26 @@ class Storage:
             return empty(layer)
         return pl.concat(frames, how="vertical").sort("timestamp") if "timestamp" in LAYERS[layer] else pl.concat(frames)
 
+    def read_days(self, layer: str, exchange: str, symbol: str, days: Sequence[dt.date],
+                  day_column: str = "_day") -> pl.DataFrame:
+        """The rows of the days' files, conformed to the layer, each tagged in `day_column` with the day of the file
+        it came from (a row may lie outside it); days without a file are absent. One lazy scan of the files, each
+        read in full: a torn file raises CorruptPartitionError naming it, as read_partition would."""
+        wanted = set(days)
+        paths = {str(s.path): s.ref.day for s in self.list_partitions(layer, exchange, symbol) if s.ref.day in wanted}
+        if not paths:
+            return empty(layer).with_columns(pl.lit(None, dtype=pl.Date).alias(day_column))
+        schema = LAYERS[layer]
+        try:
+            df = pl.scan_parquet(list(paths), include_file_paths="_path", hive_partitioning=False).select(
+                *[pl.col(c).cast(t) for c, t in schema.items()], "_path").collect()
+        except Exception:  # a torn or foreign file: read one by one, which names it
+            return pl.concat([self.read_partition(layer, exchange, symbol, d).with_columns(pl.lit(d).alias(day_column))
+                              for d in sorted(paths.values())], how="vertical")
+        by_path = pl.DataFrame({"_path": list(paths), day_column: list(paths.values())},
+                               schema={"_path": pl.String, day_column: pl.Date})
+        return df.join(by_path, on="_path", how="left", maintain_order="left").drop("_path")
+
     def _scan_range(self, layer, exchange, symbol, start, end, columns, filter) -> pl.DataFrame:
         schema = LAYERS[layer]
         cols = list(columns) if columns is not None else list(schema)

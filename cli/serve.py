@@ -174,6 +174,23 @@ def fail_interrupted_runs(pids: set[int]) -> None:
                 click.echo(f"run {run.run_id} was interrupted by the stop: marked failed (run_retries reruns it)")
 
 
+def free_leftovers(when: str) -> None:
+    """Fail runs whose process is gone and free the pool slots finished runs still hold (assets/run_guard.reap).
+
+    A stop often ends a run's process right after its step claimed the `exchange` slot: the run records its own
+    failure, but the slot stays claimed, and every run after it would wait for run monitoring to notice (up to
+    a minute: free_slots_after_run_end_seconds plus its poll). Called after a stop and before a start, when
+    none of this serve's processes is running.
+    """
+    from dagster import DagsterInstance
+
+    from assets.run_guard import reap
+
+    with DagsterInstance.get() as instance:
+        for line in reap(instance, f"lakehouse serve ({when})").lines():
+            click.echo(line)
+
+
 def _all_steps_done(instance, run) -> bool:
     """Whether every step of the run's plan succeeded or was skipped."""
     from dagster import DagsterEventType
@@ -256,6 +273,10 @@ def serve(host, port, workers):
             raise UsageFailure(f"LAKEHOUSE_DAEMON_INTERVAL_S={interval[:20]!r} is not a number of seconds") from None
         daemon_argv = [sys.executable, "-c", DAEMON_WITH_INTERVAL.format(interval=seconds), "run", "-w", workspace]
     children = Children(env, str(PROJECT_ROOT))
+    try:
+        free_leftovers("start")
+    except Exception as exc:  # the daemon's run monitoring frees them later anyway
+        click.echo(f"could not check for leftover runs and slots: {exc.__class__.__name__}: {str(exc)[:200]}", err=True)
 
     stopping = {"signal": None}
 
@@ -299,6 +320,7 @@ def serve(host, port, workers):
         children.stop()
         try:
             fail_interrupted_runs(ours)
+            free_leftovers("stop")
         except Exception as exc:  # the instance may be what failed; the stop itself succeeded
             click.echo(f"could not check for interrupted runs: {exc.__class__.__name__}: {str(exc)[:200]}", err=True)
     sys.exit(code)

@@ -33,3 +33,23 @@ def test_serve_refuses_a_bucket_that_does_not_exist(s3_server, monkeypatch):
     out = CliRunner().invoke(cli, ["serve", "--workers", "0"])
     assert out.exit_code == 2 and "LAKEHOUSE_ROOT: bucket 'no-such-bucket-serve' does not exist" in out.output
     assert "lakehouse-test-secret" not in out.output
+
+
+def test_a_slot_left_by_a_finished_run_is_freed_when_serve_starts_or_stops(instance, monkeypatch, capsys):
+    # A stop can end a run's process right after its step claimed the pool: the run records its own failure
+    # and the claim stays. Left to run monitoring, the next runs would wait up to a minute for it.
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from cli.serve import free_leftovers
+
+    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("exchange", 1)
+    for when in ("start", "stop"):
+        done = DagsterRun(job_name="__ASSET_JOB", status=DagsterRunStatus.FAILURE)
+        instance.run_storage.add_run(done)
+        assert storage.claim_concurrency_slot("exchange", done.run_id, "raw_ohlcv").is_claimed
+        free_leftovers(when)
+        assert storage.get_concurrency_info("exchange").claimed_slots == []
+        assert f"run {done.run_id[:8]}" in capsys.readouterr().out

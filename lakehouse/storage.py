@@ -14,6 +14,7 @@ import datetime as dt
 import fcntl
 import io
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,6 +29,8 @@ from .timeutil import parse_day
 PART_FILE = "part.parquet"
 META_DIR = "_meta"
 _TMP_PREFIX = ".tmp-"
+# A temp file this old belongs to no write in progress: one a killed writer left behind (see _sweep_stale_temp).
+STALE_TEMP_S = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +160,7 @@ class Storage:
         """Replace a metadata document atomically (same temp + fsync + rename as partitions)."""
         path = self.meta_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_temp(path.parent)
         tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with open(tmp, "wb") as fh:
@@ -371,6 +375,7 @@ def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     # day's file cost more than the encoding (1.8 ms against 1.1 ms here).
     data = parquet_bytes(df)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_temp(path.parent)
     tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}.parquet"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -385,6 +390,23 @@ def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _sweep_stale_temp(folder: Path) -> None:
+    """Remove the temp files a killed or crashed writer left in `folder` (no reader ever sees them: globs and
+    listings name part.parquet only), so they do not pile up; the next write there sweeps them. Only old ones:
+    a fresh temp file may be another writer's, still in progress."""
+    cutoff = time.time() - STALE_TEMP_S
+    try:
+        with os.scandir(folder) as entries:
+            stale = [e.path for e in entries if e.name.startswith(_TMP_PREFIX) and e.stat().st_mtime < cutoff]
+    except FileNotFoundError:
+        return
+    for leftover in stale:
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
 
 
 def _subdirs(path: Path, prefix: str) -> Iterator[Path]:

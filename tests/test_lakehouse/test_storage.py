@@ -49,6 +49,29 @@ def test_crash_mid_write_leaves_the_old_file_and_no_temp(storage, monkeypatch):
     assert sorted(os.listdir(folder)) == ["part.parquet"]
 
 
+def test_the_next_write_sweeps_what_a_killed_writer_left_and_spares_a_fresh_temp(storage):
+    # kill -9 between the temp file and the rename leaves the temp file; nothing reads it, and the next write
+    # in that folder removes it once it is old enough to belong to no write in progress.
+    from lakehouse.storage import STALE_TEMP_S
+
+    folder = storage.partition_path(RAW_OHLCV, "simulated", "BTC/USDT", DAY).parent
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".tmp-killed.parquet", folder / ".tmp-in-progress.parquet"
+    for f in (stale, fresh):
+        f.write_bytes(b"PAR1 torn")
+    old = os.stat(stale).st_mtime - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    meta_dir = storage.meta_path("registry.json").parent
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    (meta_dir / ".tmp-killed").write_bytes(b"{")
+    os.utime(meta_dir / ".tmp-killed", (old, old))
+
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame())
+    storage.write_meta("registry.json", b"{}")
+    assert sorted(os.listdir(folder)) == [".tmp-in-progress.parquet", "part.parquet"]
+    assert ".tmp-killed" not in os.listdir(meta_dir)
+
+
 def test_torn_file_is_reported_as_corrupt(storage):
     path = storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame())
     path.write_bytes(path.read_bytes()[:40])

@@ -96,11 +96,11 @@ def clean_range(raw: pl.DataFrame, days: list[dt.date]) -> tuple[dict, dict, dic
 
 
 def _day_figures(raw: pl.DataFrame, bars: pl.DataFrame, rejects: pl.DataFrame, days: list[dt.date],
-                 listing: dt.date | None) -> dict[dt.date, dict]:
-    """Each day's figures, from one group-by per frame over the run (all three carry `_day`): the headline numbers
-    each as a number (the UI plots them across partitions), the breakdowns (bars per interval, rejects per
-    reason) each as one JSON entry, which keeps every partition's event small: its metadata is serialized
-    several times per event; and the day's completeness (`_completeness`: passed, its metadata)."""
+                 listing: dt.date | None) -> tuple[dict[dt.date, dict], dict[dt.date, checks.CheckResult]]:
+    """Each day's figures and its completeness check, from one group-by per frame over the run (all three carry
+    `_day`). The figures: the headline numbers each as a number (the UI plots them across partitions), the
+    breakdowns (bars per interval, rejects per reason) each as one JSON entry, which keeps every partition's
+    event small: its metadata is serialized several times per event."""
     ms = pl.col("timestamp").cast(pl.Int64)
     raw_by_day = {r[0]: r[1:] for r in raw.group_by("_day").agg(pl.len(), pl.col("fetched_at").cast(pl.Int64).max(),
                                                                   ms.min()).iter_rows()}
@@ -116,12 +116,14 @@ def _day_figures(raw: pl.DataFrame, bars: pl.DataFrame, rejects: pl.DataFrame, d
             reasons[day][reason] = n
     # A bar's _day is its timestamp's day: each day's 1m open times are one slice of them sorted.
     minutes = bars.filter(pl.col("interval") == "1m").get_column("timestamp").cast(pl.Int64).sort().to_numpy()
-    out = {}
+    figures, completeness = {}, {}
     for day in days:
         raw_rows, fetched_ms, first_ms = raw_by_day.get(day, (0, None, None))
         start, end = _expected_window(day, fetched_ms, first_ms, listing)
         lo, hi = np.searchsorted(minutes, [day_start_ms(day), day_start_ms(day) + DAY_MS])
-        ok, cmd = checks.completeness_of_minutes(minutes[lo:hi].tolist(), (end - start) // MINUTE_MS, start, end)
+        completeness[day] = checks.completeness_of_minutes(minutes[lo:hi].tolist(), (end - start) // MINUTE_MS,
+                                                           start, end)
+        cmd = completeness[day][1]
         md = {
             "rows": sum(counts[day].values()),
             "raw_rows": raw_rows,
@@ -134,9 +136,8 @@ def _day_figures(raw: pl.DataFrame, bars: pl.DataFrame, rejects: pl.DataFrame, d
         md.update({k: cmd[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count")})
         md["completeness_pct"] = (round(100.0 * min(md["present_minutes"], md["expected_minutes"]) / md["expected_minutes"], 3)
                                   if md["expected_minutes"] else 100.0)
-        md["_completeness"] = (ok, cmd)
-        out[day] = md
-    return out
+        figures[day] = md
+    return figures, completeness
 
 
 def sum_metadata(per_day: dict[dt.date, dict]) -> dict:
@@ -174,13 +175,10 @@ def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan:
             if REJECTED_CANDLES in selected:
                 writer.write(storage, REJECTED_CANDLES, ex, symbol, rejects)
 
-            per_day = _day_figures(raw, whole_bars, whole_rejects, days, _listing_day(storage, symbol))
+            per_day, completeness = _day_figures(raw, whole_bars, whole_rejects, days, _listing_day(storage, symbol))
             whole_bars = whole_bars.drop("_day")
-            complete_outcome, gaps = {}, []
-            for day, md in per_day.items():
-                ok, cmd = md.pop("_completeness")
-                complete_outcome[day] = ok
-                gaps += [[str(day), *g] for g in cmd["gaps"]]
+            complete_outcome = {day: ok for day, (ok, _md) in completeness.items()}
+            gaps = [[str(day), *g] for day, (_ok, md) in completeness.items() for g in md["gaps"]]
             if CLEAN_BARS in selected:
                 add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
             if REJECTED_CANDLES in selected:

@@ -388,15 +388,10 @@ class ObjectStorage(Storage):
         unknown = [c for c in cols if c not in schema]
         if unknown:
             raise StorageError(f"{layer} has no column(s) {unknown}; known: {list(schema)}")
-        keys = [self._key_of(str(s.path)) for s in self.list_partitions(layer, exchange, symbol)
-                if start <= s.ref.day <= end]
-        if not keys:
-            return empty(layer).select(cols)
-        with concurrent.futures.ThreadPoolExecutor(min(_FETCH_THREADS, len(keys))) as pool:
-            frames = [f for f in pool.map(self._read_parquet, keys) if f is not None]
+        frames = [f for _day, f in self._fetch_days(layer, exchange, symbol, lambda d: start <= d <= end)]
         if not frames:
             return empty(layer).select(cols)
-        df = pl.concat([conform(f, layer) for f in frames], how="vertical")
+        df = pl.concat(frames, how="vertical")
         if filter is not None:
             df = df.filter(filter)
         df = df.select(cols)
@@ -409,15 +404,22 @@ class ObjectStorage(Storage):
         # Each object through our own client (endpoint, credentials, retries): polars given s3:// URLs would go to
         # AWS itself, whatever endpoint the lakehouse is configured with.
         wanted = set(days)
-        found = [(self._key_of(str(s.path)), s.ref.day) for s in self.list_partitions(layer, exchange, symbol)
-                 if s.ref.day in wanted]
         none = empty(layer).with_columns(pl.lit(None, dtype=pl.Date).alias(day_column))
+        return pl.concat([none, *(f.with_columns(pl.lit(day, dtype=pl.Date).alias(day_column))
+                                  for day, f in self._fetch_days(layer, exchange, symbol, wanted.__contains__))],
+                         how="vertical")
+
+    def _fetch_days(self, layer: str, exchange: str, symbol: str,
+                    wanted: Callable[[dt.date], bool]) -> list[tuple[dt.date, pl.DataFrame]]:
+        """(day, conformed frame) of the symbol's partitions whose day is wanted, fetched in parallel, in day
+        order; an object deleted since the listing is left out."""
+        found = [(s.ref.day, self._key_of(str(s.path))) for s in self.list_partitions(layer, exchange, symbol)
+                 if wanted(s.ref.day)]
         if not found:
-            return none
+            return []
         with concurrent.futures.ThreadPoolExecutor(min(_FETCH_THREADS, len(found))) as pool:
-            frames = list(pool.map(lambda item: self._read_parquet(item[0]), found))
-        return pl.concat([none, *(conform(f, layer).with_columns(pl.lit(day, dtype=pl.Date).alias(day_column))
-                                  for f, (_key, day) in zip(frames, found) if f is not None)], how="vertical")
+            frames = list(pool.map(self._read_parquet, [key for _day, key in found]))
+        return [(day, conform(f, layer)) for (day, _key), f in zip(found, frames) if f is not None]
 
     def read_stored(self, path: str) -> pl.DataFrame:
         key = self._key_of(path)

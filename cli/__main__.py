@@ -1,5 +1,5 @@
 """`python -m cli` is the `lakehouse` command."""
 
-from cli.main import cli
+from cli.main import main
 
-cli(prog_name="lakehouse")
+main()

@@ -118,3 +118,53 @@ def test_python_dash_m_cli_is_the_lakehouse_command():
                             cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: lakehouse backfill [OPTIONS]")
+
+
+# The console script ends with os._exit (no interpreter teardown): what Python's exit would still do must happen.
+FAST_EXIT_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+import click
+from cli.main import cli, main
+
+out = Path(sys.argv[1])
+
+@cli.command("probe")
+@click.argument("code", type=int)
+def probe(code):
+    def late():
+        time.sleep(0.5)
+        (out / "thread").write_text("done")
+    threading.Thread(target=late).start()  # not a daemon: Python waits for it, so must we
+    atexit.register(lambda: (out / "atexit").write_text("ran"))
+    click.echo("x" * 200_000)  # more than a pipe holds: all of it must reach the reader
+    sys.exit(code)
+
+sys.argv = ["lakehouse", "probe", sys.argv[2]]
+main()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 1, 2])
+def test_console_script_exit_waits_for_threads_runs_atexit_and_keeps_the_code(tmp_path, code):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-c", FAST_EXIT_PROBE, str(tmp_path), str(code)], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert result.returncode == code, result.stderr
+    assert result.stdout == "x" * 200_000 + "\n"
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_console_script_usage_error_exits_2_with_its_message():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-m", "cli", "backfill", "--start", "nope"], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert result.returncode == 2
+    assert "invalid --start 'nope'" in result.stderr and "Traceback" not in result.stderr

@@ -25,7 +25,6 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from derive import raw_year  # noqa: E402
 from lakehouse.clean import clean_candles  # noqa: E402

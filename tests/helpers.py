@@ -5,7 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import socket
 
+import numpy as np
+import polars as pl
+
 from assets.partitions import SYMBOLS_PARTITION
+from lakehouse.exchange.simulated import SimulatedSource
 from lakehouse.timeutil import day_start_ms
 
 # A fixed "now" (2024-03-10 12:34:30 UTC) keeps tests independent of the wall clock.
@@ -43,3 +47,12 @@ def exited_process_stamp():
     proc.kill()
     proc.wait()
     return stamp
+
+
+def raw_days(symbol: str, first: dt.date, days: int) -> pl.DataFrame:
+    """`days` whole UTC days of the simulated source's 1m candles (no outages) as a raw_ohlcv frame."""
+    arr = SimulatedSource(outage_rate=0.0).candles(symbol, day_start_ms(first), day_start_ms(first + dt.timedelta(days=days)))
+    ts = pl.Series(arr[:, 0].astype(np.int64)).cast(pl.Datetime("ms", "UTC"))
+    return pl.DataFrame({"timestamp": ts, "open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3],
+                         "close": arr[:, 4], "volume": arr[:, 5]}).with_columns(
+        exchange=pl.lit("simulated"), symbol=pl.lit(symbol), fetched_at=pl.col("timestamp"))

@@ -4,11 +4,7 @@ import datetime as dt
 import importlib.util
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
-from lakehouse.exchange.simulated import SimulatedSource
-from lakehouse.timeutil import day_start_ms
+from helpers import raw_days
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "derive.py"
 
@@ -18,14 +14,6 @@ def load_bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def raw_days(symbol, first, days):
-    arr = SimulatedSource(outage_rate=0.0).candles(symbol, day_start_ms(first), day_start_ms(first + dt.timedelta(days=days)))
-    ts = pl.Series(arr[:, 0].astype(np.int64)).cast(pl.Datetime("ms", "UTC"))
-    return pl.DataFrame({"timestamp": ts, "open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3],
-                         "close": arr[:, 4], "volume": arr[:, 5]}).with_columns(
-        exchange=pl.lit("simulated"), symbol=pl.lit(symbol), fetched_at=pl.col("timestamp"))
 
 
 def test_bench_pass_and_read_check_run_on_a_few_days(capsys):

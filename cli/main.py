@@ -9,7 +9,11 @@ add one line to `COMMANDS`: its name, "module:attribute" and the one-line help s
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
+import sys
+import threading
 
 import click
 
@@ -101,14 +105,10 @@ def main() -> None:
     elif not isinstance(code, int):
         click.echo(code, err=True)  # what sys.exit("message") prints
         code = 1
-    shutdown = getattr(__import__("threading"), "_shutdown", None)
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter itself calls on exit
     if shutdown is None:  # an interpreter without it: the ordinary, slower exit
         raise SystemExit(code)
     shutdown()
-    import atexit
-    import os
-    import sys
-
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -8,6 +8,7 @@ Only click and the standard library at module top: `lakehouse --help` stays fast
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,10 +16,14 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import click
 
 STOP_GRACE_S = 20.0
+# In DAGSTER_HOME while serve runs: its own process and its children's process groups, so that the next serve
+# can stop what a serve killed with SIGKILL left running (a second daemon, a webserver holding the port).
+STATE_FILE = "lakehouse-serve.json"
 READY_TIMEOUT_S = 120.0
 MAX_WORKER_RESTARTS = 10
 # Dagster 1.13 has no setting for its daemons' loop (30 s between backfill ticks): LAKEHOUSE_DAEMON_INTERVAL_S
@@ -67,8 +72,8 @@ def preflight(s) -> list[str]:
 class Children:
     """The processes serve started, each in its own process group so stopping one stops its descendants."""
 
-    def __init__(self, env: dict[str, str], cwd: str):
-        self.env, self.cwd = env, cwd
+    def __init__(self, env: dict[str, str], cwd: str, state: Path | None = None):
+        self.env, self.cwd, self.state = env, cwd, state
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.argv: dict[str, list[str]] = {}
 
@@ -76,6 +81,7 @@ class Children:
         proc = subprocess.Popen(argv, env=self.env, cwd=self.cwd, start_new_session=True)
         self.procs.append((name, proc))
         self.argv[name] = argv
+        self._record()
         click.echo(f"started {name} (pid {proc.pid})")
         return proc
 
@@ -85,7 +91,25 @@ class Children:
         self._signal(old, signal.SIGKILL)  # what is left of its group
         proc = subprocess.Popen(self.argv[name], env=self.env, cwd=self.cwd, start_new_session=True)
         self.procs[i] = (name, proc)
+        self._record()
         click.echo(f"restarted {name} (pid {proc.pid}; was {old.pid}, exit code {old.returncode})", err=True)
+
+    def _record(self) -> None:
+        if self.state is None:
+            return
+        from lakehouse.liveness import ProcessStamp
+
+        me = ProcessStamp.current()
+        body = json.dumps({"serve": {"host": me.host, "pid": me.pid, "started": me.started},
+                           "groups": [proc.pid for _, proc in self.procs]})
+        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}")
+        tmp.write_text(body)
+        os.replace(tmp, self.state)  # the next serve reads this one or the previous one, never half of it
+
+    def forget(self) -> None:
+        """Every child has stopped: nothing for the next serve to clean up."""
+        if self.state is not None:
+            self.state.unlink(missing_ok=True)
 
     def exited(self) -> tuple[str, int] | None:
         for name, proc in self.procs:
@@ -172,6 +196,60 @@ def fail_interrupted_runs(pids: set[int]) -> None:
                 instance.report_run_failed(
                     run, f"lakehouse serve stopped while this run was in progress (its process {run_pid} ended)")
                 click.echo(f"run {run.run_id} was interrupted by the stop: marked failed (run_retries reruns it)")
+
+
+def stop_leftovers(home: Path) -> None:
+    """Stop what an earlier serve on this DAGSTER_HOME left running when it was killed (SIGKILL, a lost
+    terminal), then fail its interrupted runs as a stop would; refuse (exit 2) while that serve still runs.
+
+    Its children run in their own process groups, so they outlive it: a second daemon would launch every run
+    twice and the old webserver would hold the port. Only processes in the recorded groups that carry this
+    DAGSTER_HOME are stopped: a group id reused since by something else is left alone.
+    """
+    import psutil
+
+    from lakehouse.liveness import ALIVE, ProcessStamp
+
+    from .common import UsageFailure
+
+    path = home / STATE_FILE
+    try:
+        doc = json.loads(path.read_text())
+        previous = ProcessStamp(str(doc["serve"]["host"]), int(doc["serve"]["pid"]), float(doc["serve"]["started"]))
+        groups = {int(g) for g in doc["groups"]}
+    except FileNotFoundError:
+        return
+    except (ValueError, KeyError, TypeError):  # damaged: nothing in it can be trusted to signal
+        path.unlink(missing_ok=True)
+        return
+    if previous.state() == ALIVE:
+        raise UsageFailure(f"another lakehouse serve ({previous}) is running with DAGSTER_HOME={home}; stop it "
+                           f"first (Ctrl-C in its terminal, or kill {previous.pid})")
+
+    def ours(proc: psutil.Process) -> bool:
+        try:
+            return os.getpgid(proc.pid) in groups and proc.environ().get("DAGSTER_HOME") == str(home)
+        except (OSError, psutil.Error):
+            return False
+
+    left = [p for p in psutil.process_iter() if p.pid != os.getpid() and ours(p)]
+    if left:
+        click.echo(f"the previous lakehouse serve ({previous}) ended without stopping its processes: stopping "
+                   f"the {len(left)} it left (pids {', '.join(str(p.pid) for p in left)})")
+        for proc in left:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _gone, alive = psutil.wait_procs(left, timeout=STOP_GRACE_S)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        fail_interrupted_runs({p.pid for p in left})
+    path.unlink(missing_ok=True)
 
 
 def free_leftovers(when: str) -> None:
@@ -272,7 +350,8 @@ def serve(host, port, workers):
         except ValueError:
             raise UsageFailure(f"LAKEHOUSE_DAEMON_INTERVAL_S={interval[:20]!r} is not a number of seconds") from None
         daemon_argv = [sys.executable, "-c", DAEMON_WITH_INTERVAL.format(interval=seconds), "run", "-w", workspace]
-    children = Children(env, str(PROJECT_ROOT))
+    stop_leftovers(home)
+    children = Children(env, str(PROJECT_ROOT), state=home / STATE_FILE)
     try:
         free_leftovers("start")
     except Exception as exc:  # the daemon's run monitoring frees them later anyway
@@ -318,6 +397,7 @@ def serve(host, port, workers):
         click.echo("stopping: " + ", ".join(n for n, _ in children.procs))
         ours = children.group_pids()
         children.stop()
+        children.forget()
         try:
             fail_interrupted_runs(ours)
             free_leftovers("stop")

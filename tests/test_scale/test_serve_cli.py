@@ -1,4 +1,13 @@
-"""`lakehouse serve` refuses what cannot work before starting anything: exit 2, one line naming the setting."""
+"""`lakehouse serve` refuses what cannot work before starting anything (exit 2, one line naming the setting), and
+cleans up after an earlier serve that was killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -53,3 +62,100 @@ def test_a_slot_left_by_a_finished_run_is_freed_when_serve_starts_or_stops(insta
         free_leftovers(when)
         assert storage.get_concurrency_info("exchange").claimed_slots == []
         assert f"run {done.run_id[:8]}" in capsys.readouterr().out
+
+
+def _state(home, serve_pid: int, serve_started: float, groups: list[int]) -> None:
+    from cli.serve import STATE_FILE
+    from lakehouse.liveness import this_host
+
+    (home / STATE_FILE).write_text(json.dumps({"serve": {"host": this_host(), "pid": serve_pid,
+                                                         "started": serve_started}, "groups": groups}))
+
+
+def test_serve_refuses_to_start_beside_a_running_serve_on_the_same_home(monkeypatch, tmp_path):
+    from cli.serve import STATE_FILE
+    from lakehouse.liveness import ProcessStamp
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    me = ProcessStamp.current()  # alive: stands for the other serve
+    _state(home, me.pid, me.started, [])
+    out = CliRunner().invoke(cli, ["serve", "--port", str(free_port()), "--workers", "0"])
+    assert out.exit_code == 2, out.output
+    assert f"another lakehouse serve (pid {me.pid} on" in out.output and f"kill {me.pid}" in out.output
+    assert "started" not in out.output and "Traceback" not in out.output
+    assert (home / STATE_FILE).exists()  # that serve's record stays: it is still running
+
+
+def test_leftovers_of_a_killed_serve_are_stopped_and_nothing_else(tmp_path, capsys):
+    # A dead serve's record names two process groups: one still holds a process of this DAGSTER_HOME (a child
+    # it left), the other now belongs to something else (a reused group id); only the first is stopped.
+    from cli.serve import STATE_FILE, stop_leftovers
+
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir()
+    left = subprocess.Popen(["sleep", "60"], start_new_session=True, env=dict(os.environ, DAGSTER_HOME=str(home)))
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                                env=dict(os.environ, DAGSTER_HOME=str(other)))
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        _state(home, gone.pid, time.time() - 5, [left.pid, stranger.pid])
+        stop_leftovers(home)
+        assert f"stopping the 1 it left (pids {left.pid})" in capsys.readouterr().out
+        left.wait(timeout=10)  # stopped (and reaped by the cleanup, so its exit status is not ours to see)
+        assert not _alive(left.pid) and stranger.poll() is None
+        assert not (home / STATE_FILE).exists()
+        (home / STATE_FILE).write_text("{not json")  # a damaged record is dropped, nothing signalled
+        stop_leftovers(home)
+        assert not (home / STATE_FILE).exists() and stranger.poll() is None
+    finally:
+        for proc in (left, stranger):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_serve_killed_with_sigkill_is_cleaned_up_by_the_next_one(monkeypatch, tmp_path):
+    # End to end: the first serve's webserver and daemon outlive its SIGKILL (their own process groups); the
+    # next serve stops them before starting its own, and a Ctrl-C then leaves no process of either.
+    from cli.serve import STATE_FILE
+
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "home"), LAKEHOUSE_ROOT=str(tmp_path / "lake"))
+    lakehouse = str(Path(sys.executable).parent / "lakehouse")
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        proc = subprocess.Popen([lakehouse, "serve", "--port", str(port), "--workers", "0"], env=env,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        while "Dagster UI:" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        return proc, log
+
+    first, _ = start("first")
+    groups = json.loads((tmp_path / "home" / STATE_FILE).read_text())["groups"]
+    first.kill()
+    first.wait()
+    assert all(_alive(pid) for pid in groups)  # what the next serve has to deal with
+    second, log = start("second")
+    try:
+        assert "the previous lakehouse serve" in log.read_text() and "ended without stopping" in log.read_text()
+        assert not any(_alive(pid) for pid in groups)
+        mine = json.loads((tmp_path / "home" / STATE_FILE).read_text())["groups"]
+    finally:
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=60) == 0, log.read_text()[-2000:]
+    assert not any(_alive(pid) for pid in mine)
+    assert not (tmp_path / "home" / STATE_FILE).exists()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -208,7 +208,7 @@ def stop_leftovers(home: Path) -> None:
     """
     import psutil
 
-    from lakehouse.liveness import ALIVE, ProcessStamp
+    from lakehouse.liveness import ALIVE, ProcessStamp, stop_processes
 
     from .common import UsageFailure
 
@@ -236,18 +236,7 @@ def stop_leftovers(home: Path) -> None:
     if left:
         click.echo(f"the previous lakehouse serve ({previous}) ended without stopping its processes: stopping "
                    f"the {len(left)} it left (pids {', '.join(str(p.pid) for p in left)})")
-        for proc in left:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _gone, alive = psutil.wait_procs(left, timeout=STOP_GRACE_S)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(left, STOP_GRACE_S)
         fail_interrupted_runs({p.pid for p in left})
     path.unlink(missing_ok=True)
 

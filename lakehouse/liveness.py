@@ -75,6 +75,23 @@ def _pid_state(pid: int, same_process) -> str:
         return ALIVE
 
 
+def stop_processes(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM each process, SIGKILL those still running `grace_s` later, and reap them: a graceful stop first
+    (a daemon stops its threads, a worker hands back its task), never a process left behind."""
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
 # runs and pool slots, judged from plain values (Dagster's objects here, GraphQL answers for `health --url`) --
 # A retry (Dagster's run_retries) copies its parent's tags, process stamp included, but runs in another process.
 PARENT_RUN_TAG = "dagster/parent_run_id"

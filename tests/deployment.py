@@ -6,7 +6,6 @@ Both processes (and the code servers and run workers they spawn) are stopped by 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import requests
 import yaml
 
 from cli.instance import PROJECT_ROOT
+from lakehouse.liveness import stop_processes
 
 from helpers import free_port
 
@@ -127,19 +127,8 @@ class Deployment:
                 victims.extend([parent, *parent.children(recursive=True)])
             except psutil.NoSuchProcess:
                 pass
-        for v in victims:
-            try:
-                v.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
         # Graceful first (the daemon stops its threads), but a test deployment's state is thrown away anyway.
-        _gone, alive = psutil.wait_procs(victims, timeout=4)
-        for v in alive:
-            try:
-                v.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(victims, grace_s=4)
         for p in self.procs:
             try:
                 p.wait(timeout=5)

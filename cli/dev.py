@@ -11,9 +11,11 @@ import click
 
 from lakehouse.timeutil import utc_today
 
+from . import leftovers
 from .common import get_instance, settings
 
 DEMO_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+STATE_FILE = "lakehouse-dev.json"  # in DAGSTER_HOME: see cli/leftovers.py
 DEMO_DAYS = 7
 
 
@@ -36,6 +38,7 @@ def dev(host, port, demo):
 
     s = settings(write=True)
     home = ensure_dagster_home()
+    leftovers.stop_leftovers(home / STATE_FILE, home, "dev", grace_s=20.0)
     os.environ.setdefault("LAKEHOUSE_ROOT", s.root_location)
     instance = get_instance()
     if demo and not instance.get_dynamic_partitions(SYMBOLS_PARTITION):
@@ -46,4 +49,7 @@ def dev(host, port, demo):
     click.echo(f"Dagster UI: http://{host}:{port}")
     dagster = shutil.which("dagster") or os.path.join(os.path.dirname(sys.executable), "dagster")
     os.chdir(PROJECT_ROOT)
+    # `dagster dev` replaces this process (same pid and start time) and keeps its process group for its
+    # children, which survive it if it is killed with SIGKILL: the next `lakehouse dev` stops them.
+    leftovers.record(home / STATE_FILE, [os.getpgrp()])
     os.execv(dagster, [dagster, "dev", "-h", host, "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")])

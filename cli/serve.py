@@ -8,7 +8,6 @@ Only click and the standard library at module top: `lakehouse --help` stays fast
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,8 @@ import urllib.parse
 from pathlib import Path
 
 import click
+
+from . import leftovers
 
 STOP_GRACE_S = 20.0
 # In DAGSTER_HOME while serve runs: its own process and its children's process groups, so that the next serve
@@ -95,16 +96,8 @@ class Children:
         click.echo(f"restarted {name} (pid {proc.pid}; was {old.pid}, exit code {old.returncode})", err=True)
 
     def _record(self) -> None:
-        if self.state is None:
-            return
-        from lakehouse.liveness import ProcessStamp
-
-        me = ProcessStamp.current()
-        body = json.dumps({"serve": {"host": me.host, "pid": me.pid, "started": me.started},
-                           "groups": [proc.pid for _, proc in self.procs]})
-        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}")
-        tmp.write_text(body)
-        os.replace(tmp, self.state)  # the next serve reads this one or the previous one, never half of it
+        if self.state is not None:
+            leftovers.record(self.state, [proc.pid for _, proc in self.procs])
 
     def forget(self) -> None:
         """Every child has stopped: nothing for the next serve to clean up."""
@@ -196,49 +189,6 @@ def fail_interrupted_runs(pids: set[int]) -> None:
                 instance.report_run_failed(
                     run, f"lakehouse serve stopped while this run was in progress (its process {run_pid} ended)")
                 click.echo(f"run {run.run_id} was interrupted by the stop: marked failed (run_retries reruns it)")
-
-
-def stop_leftovers(home: Path) -> None:
-    """Stop what an earlier serve on this DAGSTER_HOME left running when it was killed (SIGKILL, a lost
-    terminal), then fail its interrupted runs as a stop would; refuse (exit 2) while that serve still runs.
-
-    Its children run in their own process groups, so they outlive it: a second daemon would launch every run
-    twice and the old webserver would hold the port. Only processes in the recorded groups that carry this
-    DAGSTER_HOME are stopped: a group id reused since by something else is left alone.
-    """
-    import psutil
-
-    from lakehouse.liveness import ALIVE, ProcessStamp, stop_processes
-
-    from .common import UsageFailure
-
-    path = home / STATE_FILE
-    try:
-        doc = json.loads(path.read_text())
-        previous = ProcessStamp(str(doc["serve"]["host"]), int(doc["serve"]["pid"]), float(doc["serve"]["started"]))
-        groups = {int(g) for g in doc["groups"]}
-    except FileNotFoundError:
-        return
-    except (ValueError, KeyError, TypeError):  # damaged: nothing in it can be trusted to signal
-        path.unlink(missing_ok=True)
-        return
-    if previous.state() == ALIVE:
-        raise UsageFailure(f"another lakehouse serve ({previous}) is running with DAGSTER_HOME={home}; stop it "
-                           f"first (Ctrl-C in its terminal, or kill {previous.pid})")
-
-    def ours(proc: psutil.Process) -> bool:
-        try:
-            return os.getpgid(proc.pid) in groups and proc.environ().get("DAGSTER_HOME") == str(home)
-        except (OSError, psutil.Error):
-            return False
-
-    left = [p for p in psutil.process_iter() if p.pid != os.getpid() and ours(p)]
-    if left:
-        click.echo(f"the previous lakehouse serve ({previous}) ended without stopping its processes: stopping "
-                   f"the {len(left)} it left (pids {', '.join(str(p.pid) for p in left)})")
-        stop_processes(left, STOP_GRACE_S)
-        fail_interrupted_runs({p.pid for p in left})
-    path.unlink(missing_ok=True)
 
 
 def free_leftovers(when: str) -> None:
@@ -339,7 +289,9 @@ def serve(host, port, workers):
         except ValueError:
             raise UsageFailure(f"LAKEHOUSE_DAEMON_INTERVAL_S={interval[:20]!r} is not a number of seconds") from None
         daemon_argv = [sys.executable, "-c", DAEMON_WITH_INTERVAL.format(interval=seconds), "run", "-w", workspace]
-    stop_leftovers(home)
+    stopped = leftovers.stop_leftovers(home / STATE_FILE, home, "serve", STOP_GRACE_S)
+    if stopped:
+        fail_interrupted_runs(stopped)  # as the stop that never came would have
     children = Children(env, str(PROJECT_ROOT), state=home / STATE_FILE)
     try:
         free_leftovers("start")

@@ -68,22 +68,27 @@ def _state(home, serve_pid: int, serve_started: float, groups: list[int]) -> Non
     from cli.serve import STATE_FILE
     from lakehouse.liveness import this_host
 
-    (home / STATE_FILE).write_text(json.dumps({"serve": {"host": this_host(), "pid": serve_pid,
-                                                         "started": serve_started}, "groups": groups}))
+    (home / STATE_FILE).write_text(json.dumps({"by": {"host": this_host(), "pid": serve_pid,
+                                                      "started": serve_started}, "groups": groups}))
 
 
 def test_serve_refuses_to_start_beside_a_running_serve_on_the_same_home(monkeypatch, tmp_path):
+    import psutil
+
     from cli.serve import STATE_FILE
-    from lakehouse.liveness import ProcessStamp
 
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    me = ProcessStamp.current()  # alive: stands for the other serve
-    _state(home, me.pid, me.started, [])
-    out = CliRunner().invoke(cli, ["serve", "--port", str(free_port()), "--workers", "0"])
+    other = subprocess.Popen(["sleep", "60"])  # alive: stands for the other serve
+    try:
+        _state(home, other.pid, psutil.Process(other.pid).create_time(), [])
+        out = CliRunner().invoke(cli, ["serve", "--port", str(free_port()), "--workers", "0"])
+    finally:
+        other.kill()
+        other.wait()
     assert out.exit_code == 2, out.output
-    assert f"another lakehouse serve (pid {me.pid} on" in out.output and f"kill {me.pid}" in out.output
+    assert f"another lakehouse serve (pid {other.pid} on" in out.output and f"kill {other.pid}" in out.output
     assert "started" not in out.output and "Traceback" not in out.output
     assert (home / STATE_FILE).exists()  # that serve's record stays: it is still running
 
@@ -91,7 +96,8 @@ def test_serve_refuses_to_start_beside_a_running_serve_on_the_same_home(monkeypa
 def test_leftovers_of_a_killed_serve_are_stopped_and_nothing_else(tmp_path, capsys):
     # A dead serve's record names two process groups: one still holds a process of this DAGSTER_HOME (a child
     # it left), the other now belongs to something else (a reused group id); only the first is stopped.
-    from cli.serve import STATE_FILE, stop_leftovers
+    from cli.leftovers import stop_leftovers
+    from cli.serve import STATE_FILE
 
     home, other = tmp_path / "home", tmp_path / "other"
     home.mkdir()
@@ -102,13 +108,13 @@ def test_leftovers_of_a_killed_serve_are_stopped_and_nothing_else(tmp_path, caps
         gone = subprocess.Popen(["true"])
         gone.wait()
         _state(home, gone.pid, time.time() - 5, [left.pid, stranger.pid])
-        stop_leftovers(home)
+        assert stop_leftovers(home / STATE_FILE, home, "serve", grace_s=5) == {left.pid}
         assert f"stopping the 1 it left (pids {left.pid})" in capsys.readouterr().out
         left.wait(timeout=10)  # stopped (and reaped by the cleanup, so its exit status is not ours to see)
         assert not _alive(left.pid) and stranger.poll() is None
         assert not (home / STATE_FILE).exists()
         (home / STATE_FILE).write_text("{not json")  # a damaged record is dropped, nothing signalled
-        stop_leftovers(home)
+        assert stop_leftovers(home / STATE_FILE, home, "serve", grace_s=5) == set()
         assert not (home / STATE_FILE).exists() and stranger.poll() is None
     finally:
         for proc in (left, stranger):
@@ -159,3 +165,66 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_lakehouse_dev_killed_with_sigkill_is_cleaned_up_by_the_next_one(tmp_path):
+    # `lakehouse dev` becomes `dagster dev`, whose webserver, daemon and code server outlive a SIGKILL of it.
+    from cli.dev import STATE_FILE
+
+    port = free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "home"), LAKEHOUSE_ROOT=str(tmp_path / "lake"))
+    lakehouse = str(Path(sys.executable).parent / "lakehouse")
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        proc = subprocess.Popen([lakehouse, "dev", "--port", str(port), "--no-demo"], env=env, cwd=tmp_path,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        # The UI line comes once leftovers are dealt with, just before `dagster dev` takes over.
+        while "Dagster UI:" not in log.read_text() or not _answers(port):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        return proc, log
+
+    first, _ = start("first")
+    group = [p.pid for p in _group(first.pid)]
+    first.kill()
+    first.wait()
+    time.sleep(1)
+    assert _answers(port) and any(_alive(pid) for pid in group)  # what the next one has to deal with
+    second, log = start("second")
+    try:
+        assert "the previous lakehouse dev" in log.read_text() and "ended without stopping" in log.read_text()
+        assert not any(_alive(pid) for pid in group)
+        assert json.loads((tmp_path / "home" / STATE_FILE).read_text())["groups"] == [second.pid]
+        mine = [p.pid for p in _group(second.pid)]
+    finally:
+        os.killpg(second.pid, signal.SIGINT)  # Ctrl-C in its terminal reaches its whole process group
+        second.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in mine) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not any(_alive(pid) for pid in mine)
+
+
+def _answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _group(pgid: int) -> list:
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                out.append(proc)
+        except (OSError, psutil.Error):
+            pass
+    return out

@@ -15,8 +15,8 @@ from . import leftovers
 from .common import get_instance, settings
 
 DEMO_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
-STATE_FILE = "lakehouse-dev.json"  # in DAGSTER_HOME: see cli/leftovers.py
 DEMO_DAYS = 7
+STATE_FILE = "lakehouse-dev.json"  # in DAGSTER_HOME: see cli/leftovers.py
 
 
 @click.command()

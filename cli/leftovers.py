@@ -44,7 +44,7 @@ def stop_leftovers(path: Path, home: Path, command: str, grace_s: float) -> set[
     except (ValueError, KeyError, TypeError):  # damaged: nothing in it can be trusted to signal
         path.unlink(missing_ok=True)
         return set()
-    if previous.pid != os.getpid() and previous.state() == ALIVE:
+    if previous.state() == ALIVE:
         raise UsageFailure(f"another lakehouse {command} ({previous}) is running with DAGSTER_HOME={home}; stop "
                            f"it first (Ctrl-C in its terminal, or kill {previous.pid})")
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}  # this command and what started it

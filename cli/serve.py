@@ -73,8 +73,8 @@ def preflight(s) -> list[str]:
 class Children:
     """The processes serve started, each in its own process group so stopping one stops its descendants."""
 
-    def __init__(self, env: dict[str, str], cwd: str, state: Path | None = None):
-        self.env, self.cwd, self.state = env, cwd, state
+    def __init__(self, env: dict[str, str], cwd: str, state: Path):
+        self.env, self.cwd, self.state = env, cwd, state  # state: the record the next serve reads (STATE_FILE)
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.argv: dict[str, list[str]] = {}
 
@@ -96,13 +96,11 @@ class Children:
         click.echo(f"restarted {name} (pid {proc.pid}; was {old.pid}, exit code {old.returncode})", err=True)
 
     def _record(self) -> None:
-        if self.state is not None:
-            leftovers.record(self.state, [proc.pid for _, proc in self.procs])
+        leftovers.record(self.state, [proc.pid for _, proc in self.procs])
 
     def forget(self) -> None:
         """Every child has stopped: nothing for the next serve to clean up."""
-        if self.state is not None:
-            self.state.unlink(missing_ok=True)
+        self.state.unlink(missing_ok=True)
 
     def exited(self) -> tuple[str, int] | None:
         for name, proc in self.procs:

@@ -254,10 +254,15 @@ class Storage:
         unknown = [c for c in cols if c not in schema]
         if unknown:
             raise StorageError(f"{layer} has no column(s) {unknown}; known: {list(schema)}")
-        paths = [str(s.path) for s in self.list_partitions(layer, exchange, symbol) if start <= s.ref.day <= end]
+        first, last = start.isoformat(), end.isoformat()
+        locate = self.day_locator(layer, exchange, symbol)
+        # stat_days, not list_partitions: a year's listing in 0.9 ms instead of 3.5 (a twentieth of the read).
+        paths = [locate(day) for day in sorted(self.stat_days(layer, exchange, symbol)) if first <= day <= last]
         if not paths:
             return empty(layer).select(cols)
-        lf = pl.scan_parquet(paths, hive_partitioning=False)
+        # A day's file is one row group holding every interval (or rule), so its statistics never let a filter
+        # skip it; reading them costs a tenth of a year's scan.
+        lf = pl.scan_parquet(paths, hive_partitioning=False, use_statistics=False)
         if filter is not None:
             lf = lf.filter(filter)
         try:
@@ -369,8 +374,10 @@ class Storage:
 
 def parquet_bytes(df: pl.DataFrame) -> bytes:
     """The one Parquet encoding of every layer file, local or in object storage."""
+    # LZ4 (LZ4_RAW), not zstd: a year of a symbol's day files reads in 39 ms instead of 54 and encodes 20%
+    # faster, for files a third larger; a small file's read is mostly decompression (bench/derive.py).
     buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True)
+    df.write_parquet(buf, compression="lz4", statistics=True)
     return buf.getvalue()
 
 

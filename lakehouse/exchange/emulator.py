@@ -173,7 +173,7 @@ class BinanceEmulator:
         if self._server is not None:
             return self
         self._stopping.clear()
-        server = ThreadingHTTPServer((self.host, self._requested_port), _Handler)
+        server = _Server((self.host, self._requested_port), _Handler)
         server.daemon_threads = True  # a handler stuck in a "timeout" fault must not block exit
         server.emulator = self  # type: ignore[attr-defined]
         self._server = server
@@ -659,6 +659,12 @@ def _klines_json(rows, decimals: int) -> str:
             f'"{_fmt(v * taker, 8)}","{_fmt(quote_volume * taker, 8)}","0"]'
         )
     return "[" + ",".join(parts) + "]"
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's backlog of 5 drops the SYNs of a client opening more connections at once (a pool of
+    # download threads does), which then waits the kernel's 1 s SYN retransmit: a stall no exchange has.
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):

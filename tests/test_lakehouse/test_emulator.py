@@ -353,3 +353,23 @@ def test_stop_closes_keepalive_connections():
     with pytest.raises(requests.exceptions.ConnectionError):
         session.get(url + "/api/v3/ping", timeout=2)
     emu.stop()  # idempotent
+
+
+def test_a_burst_of_connections_is_accepted_without_syn_drops(emulator):
+    """A pool of download threads opens many connections at once; an exchange accepts them all. A listen
+    backlog too short for that drops SYNs, and the client's connect then waits the kernel's 1 s retransmit."""
+    import socket
+
+    host, port = emulator.url.removeprefix("http://").split(":")
+    socks = []
+    try:
+        for _ in range(48):
+            s = socket.socket()
+            s.settimeout(0.5)  # a dropped SYN is retried after 1 s: this connect would time out
+            s.connect((host, int(port)))
+            socks.append(s)
+        assert len(socks) == 48
+    finally:
+        for s in socks:
+            s.close()
+    assert requests.get(emulator.url + "/api/v3/ping", timeout=5).status_code == 200

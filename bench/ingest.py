@@ -8,7 +8,7 @@ up-to-date range (target: at most 1 klines request per symbol plus market loadin
 each figure's process; --year also fetches one symbol-year (target < 1 GiB).
 
     python bench/ingest.py [--symbols 5] [--days 30] [--latency-ms 50] [--jitter-ms 20] [--weight 40]
-                           [--window 1.0] [--concurrency 4] [--year/--no-year]
+                           [--window 1.0] [--concurrency 16] [--year/--no-year]
 
 The emulator runs in its own process (as an exchange would); each figure is measured in a fresh process.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lakehouse.config import DEFAULT_FETCH_CONCURRENCY  # noqa: E402
 from lakehouse.exchange.ccxt_client import CcxtExchange, forget_shared_state  # noqa: E402
 from lakehouse.exchange.emulator import BinanceEmulator  # noqa: E402
 from lakehouse.exchange.simulated import SimulatedSource  # noqa: E402
@@ -259,7 +260,7 @@ def main() -> None:
     parser.add_argument("--jitter-ms", type=float, default=20.0, help="+- uniform jitter on the round trip")
     parser.add_argument("--weight", type=int, default=40, help="budget-bound run: weight per window")
     parser.add_argument("--window", type=float, default=1.0, help="budget-bound run: window in seconds")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
     parser.add_argument("--year", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure peak memory for one symbol-year")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -7,7 +7,7 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
-from lakehouse.config import SIMULATED, Settings
+from lakehouse.config import DEFAULT_FETCH_CONCURRENCY, SIMULATED, Settings
 from lakehouse.exchange.base import Exchange
 
 
@@ -25,7 +25,7 @@ class CcxtExchangeResource(ExchangeResource):
     url: Optional[str] = None
     timeout_s: float = 10.0
     max_retries: int = 5
-    concurrency: int = 8  # requests in flight at once, always inside the exchange's weight budget
+    concurrency: int = DEFAULT_FETCH_CONCURRENCY  # requests in flight at once, always inside the exchange's weight budget
     archive_url: Optional[str] = None  # bulk kline archive for closed days (LAKEHOUSE_ARCHIVE_URL); None: REST only
 
     def client(self) -> Exchange:

@@ -26,6 +26,7 @@ import ccxt
 import numpy as np
 
 from .. import progress
+from ..config import DEFAULT_FETCH_CONCURRENCY
 from ..errors import (
     ExchangeError,
     RateLimitedError,
@@ -247,7 +248,7 @@ class CcxtExchange(Exchange):
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_FETCH_CONCURRENCY,
     ):
         super().__init__()
         exchange_id = exchange_id.strip().lower()

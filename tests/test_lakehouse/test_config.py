@@ -30,7 +30,7 @@ def test_malformed_settings_say_which_and_how(env, message):
 
 
 def test_fetch_concurrency_setting():
-    assert Settings.from_env({}).fetch_concurrency == 8
+    assert Settings.from_env({}).fetch_concurrency == 16
     assert Settings.from_env({"LAKEHOUSE_FETCH_CONCURRENCY": "3"}).fetch_concurrency == 3
     with pytest.raises(ConfigError, match="LAKEHOUSE_FETCH_CONCURRENCY"):
         Settings.from_env({"LAKEHOUSE_FETCH_CONCURRENCY": "0"})

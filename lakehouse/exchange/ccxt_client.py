@@ -38,11 +38,6 @@ from ..timeutil import system_clock_ms
 from .base import Exchange, Market
 
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
-# How long an answer's used weight stays good enough for a new client of the process to send at full pace: a
-# backfill's runs follow each other within a second, and each re-learning the budget from one request sent
-# alone cost a round trip per run (0.3 s of latency over 5 runs). Within it another process's spending goes
-# unseen exactly as between two answers of one run.
-CALIBRATION_FRESH_S = 2.0
 WEIGHT_PREFIX = "x-mbx-used-weight-"
 _KLINES_WEIGHT = 2  # Binance: klines with limit <= 1000
 _INTERVAL_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
@@ -81,7 +76,6 @@ class WeightGovernor:
         self.used = 0
         self.offset_s = 0.0  # exchange clock - our clock, when the exchange told its time
         self.calibrated = False  # an answer in the current process has told the weight already used
-        self._told_at = float("-inf")  # when (our clock) an answer last told it
         self.limit_learnt = False  # limit and window come from exchangeInfo once it has been read
         self._window = None
         self._sleep = sleep
@@ -157,7 +151,6 @@ class WeightGovernor:
             except ValueError:
                 return
             self.calibrated = True
-            self._told_at = self._clock()
             if sent == window:  # an answer about the last window says nothing about this one
                 self.used = max(self.used, reported)
 
@@ -174,11 +167,10 @@ class WeightGovernor:
             self.calibrated = False
 
     def recalibrate(self) -> None:
-        """Unless an answer told the used weight in the last CALIBRATION_FRESH_S, the next request goes alone
-        and its answer sets the pace (another process may have spent weight since we last looked)."""
+        """The next request goes alone and its answer sets the pace (another process may have spent weight
+        since we last looked)."""
         with self._lock:
-            if self._clock() - self._told_at > CALIBRATION_FRESH_S:
-                self.calibrated = False
+            self.calibrated = False
 
     def set_server_time(self, server_ms: int, sent_at: float, received_at: float) -> None:
         with self._lock:

@@ -237,27 +237,6 @@ def test_a_new_process_reads_the_weight_already_used_before_sending(source, stor
         assert emu.stats()["paths"]["/api/v3/time"] == 1  # the cheap first call
 
 
-def test_a_client_made_right_after_an_answer_keeps_its_pace_and_a_later_one_relearns_it(source, storage):
-    from lakehouse.exchange.ccxt_client import CALIBRATION_FRESH_S, WEIGHT_HEADER, WeightGovernor
-
-    with BinanceEmulator(source=source) as emu:
-        ingest_days(client_for(emu), storage, "BTC/USDT", [D1])
-        # A backfill's next run, a moment later: the answer just received still says where the budget stands.
-        assert client_for(emu).governor.calibrated
-
-    clock = [1_000.0]
-    governor = WeightGovernor(clock=lambda: clock[0])
-    governor.recalibrate()
-    assert not governor.calibrated  # nothing told yet: the first request goes alone
-    governor.after_response({WEIGHT_HEADER: "10"}, governor.before_request(2))
-    clock[0] += CALIBRATION_FRESH_S / 2
-    governor.recalibrate()
-    assert governor.calibrated
-    clock[0] += CALIBRATION_FRESH_S
-    governor.recalibrate()
-    assert not governor.calibrated  # another process may have spent weight since
-
-
 def test_only_the_governor_paces_an_exchange_that_reports_its_weight(source, storage):
     # ccxt's throttle waits rateLimit x cost after every request (0.2 s before each process's exchangeInfo);
     # Binance reports its used weight, so the governor alone keeps to the budget there.

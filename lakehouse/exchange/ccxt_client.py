@@ -24,6 +24,7 @@ from typing import Callable
 
 import ccxt
 import numpy as np
+import requests
 
 from .. import progress
 from ..config import DEFAULT_FETCH_CONCURRENCY
@@ -270,10 +271,15 @@ class CcxtExchange(Exchange):
         )
         if url:
             self.client.urls = override_api_url(self.client.urls, url)
+        self.concurrency = max(1, int(concurrency))
+        # The worker threads share ccxt's session, whose pools keep 10 connections per host: with more requests
+        # in flight each extra one opened a connection, dropped it after its answer and logged a warning.
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, self.concurrency))
+        self.client.session.mount("https://", adapter)
+        self.client.session.mount("http://", adapter)
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self.concurrency = max(1, int(concurrency))
         self._sleep = sleep
         self._shared = _shared(exchange_id, url, sleep)
         self.governor = self._shared.governor

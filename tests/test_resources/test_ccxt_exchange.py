@@ -70,6 +70,20 @@ def test_transient_faults_are_retried_and_data_is_exact(emulator, storage, sourc
     assert report.retries == (0 if kind == "short" else 2)
 
 
+def test_requests_in_flight_keep_their_connections(emulator, storage, source, caplog):
+    """As many pooled connections as requests in flight: none is opened and dropped per request (urllib3 says
+    "Connection pool is full, discarding connection" when that happens)."""
+    import logging
+
+    client = client_for(emulator)
+    assert client.concurrency > 10  # more than requests' default pool of 10 connections per host
+    month = [D1 + dt.timedelta(days=i) for i in range(30)]  # 44 pages
+    with caplog.at_level(logging.WARNING, logger="urllib3"):
+        ingest_days(client, storage, "BTC/USDT", month)
+    assert [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()] == []
+    assert_exact(storage, source, "BTC/USDT", month)
+
+
 def test_429_retry_after_is_honoured_and_never_earns_a_418(emulator, storage, source):
     client = client_for(emulator)
     client.markets()

@@ -234,13 +234,19 @@ def test_a_backfill_survives_a_webserver_and_daemon_restart_runs_on_celery_and_e
     serve.start()
     deadline = time.monotonic() + 180
     status = None
+    error = None
     while time.monotonic() < deadline:
         with instance_of(stack) as instance:
-            status = instance.get_backfill(backfill_id).status.value
+            backfill = instance.get_backfill(backfill_id)
+        status, error = backfill.status.value, backfill.error
         if status != "REQUESTED":
             break
         time.sleep(1)
-    assert status == "COMPLETED_SUCCESS", f"{status}\n{serve.log()}"
+    # A backfill the daemon gave up on (FAILING, then FAILED) keeps the exception that made it: say it, and the
+    # daemon's lines about it from both serve processes (the log's tail alone may only hold the second).
+    why = error.to_string() if error is not None else "no error recorded on the backfill"
+    said = "\n".join(line for line in serve.log_path.read_text(errors="replace").splitlines() if "ackfill" in line)
+    assert status == "COMPLETED_SUCCESS", f"{status}: {why}\n{said[-4000:]}\n{serve.log()}"
     assert_equals_emulator(stack, "BTC/USDT", [D1, D2])
     assert_equals_emulator(stack, "ETH/USDT", [D1, D2])
     # A claim left by the run the restart interrupted (its step re-queued on the broker) is freed without a

@@ -257,7 +257,8 @@ class Storage:
         first, last = start.isoformat(), end.isoformat()
         locate = self.day_locator(layer, exchange, symbol)
         # stat_days, not list_partitions: a year's listing in 0.9 ms instead of 3.5 (a twentieth of the read).
-        paths = [locate(day) for day in sorted(self.stat_days(layer, exchange, symbol)) if first <= day <= last]
+        paths = [locate(day) for day in sorted(self.stat_days(layer, exchange, symbol))
+                 if first <= day <= last and _is_iso_day(day)]
         if not paths:
             return empty(layer).select(cols)
         # A day's file is one row group holding every interval (or rule), so its statistics never let a filter
@@ -423,6 +424,14 @@ def _sweep_stale_temp(folder: Path) -> None:
             os.unlink(leftover)
         except FileNotFoundError:
             pass
+
+
+def _is_iso_day(name: str) -> bool:
+    """A `date=` folder's value names a real day (a foreign folder such as date=2024-01-01x is not ours to read)."""
+    try:
+        return len(name) == 10 and dt.date.fromisoformat(name) is not None
+    except ValueError:
+        return False
 
 
 def _subdirs(path: Path, prefix: str) -> Iterator[Path]:

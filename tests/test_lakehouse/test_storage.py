@@ -93,6 +93,18 @@ def test_read_range_skips_missing_days(storage):
     assert Storage(storage.root / "nowhere").read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY, DAY).height == 0
 
 
+def test_a_range_scan_reads_only_day_folders_of_the_range(storage):
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(2))
+    storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY + dt.timedelta(days=5), frame(3))
+    # A foreign folder whose name sorts inside the range is not a day of ours.
+    foreign = storage.symbol_dir(RAW_OHLCV, "simulated", "BTC/USDT") / "date=2024-01-02x"
+    foreign.mkdir()
+    frame(4).write_parquet(foreign / "part.parquet")
+    df = storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY, DAY + dt.timedelta(days=2),
+                            columns=["timestamp", "close"])
+    assert df.height == 2 and df.columns == ["timestamp", "close"]
+
+
 def test_meta_documents_are_atomic_and_confined(storage):
     assert storage.read_meta("state.json") is None
     storage.write_meta("state.json", b'{"a": 1}')

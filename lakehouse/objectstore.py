@@ -22,7 +22,8 @@ import polars as pl
 
 from .errors import ConfigError, CorruptPartitionError, StorageError
 from .schema import LAYERS, UNPARTITIONED_LAYERS, conform, empty
-from .storage import META_DIR, PART_FILE, PartitionRef, PartitionStat, Storage, _safe_segment, parquet_bytes
+from .storage import (META_DIR, PART_FILE, PartitionRef, PartitionStat, Storage, _safe_segment, is_day_name,
+                      parquet_bytes)
 from .symbols import decode_symbol, encode_symbol
 from .timeutil import parse_day
 
@@ -483,7 +484,7 @@ class ObjectStorage(Storage):
             if not path.endswith(tail):
                 continue
             date_part = path[: -len(tail)].rsplit("/", 1)[-1]
-            if date_part.startswith("date="):
+            if date_part.startswith("date=") and is_day_name(date_part[5:]):
                 out[date_part[5:]] = (meta["size"], int(meta["last_modified"].timestamp() * 1e9), _etag_token(meta))
         return out
 

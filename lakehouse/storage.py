@@ -257,8 +257,7 @@ class Storage:
         first, last = start.isoformat(), end.isoformat()
         locate = self.day_locator(layer, exchange, symbol)
         # stat_days, not list_partitions: a year's listing in 0.9 ms instead of 3.5 (a twentieth of the read).
-        paths = [locate(day) for day in sorted(self.stat_days(layer, exchange, symbol))
-                 if first <= day <= last and _is_iso_day(day)]
+        paths = [locate(day) for day in sorted(self.stat_days(layer, exchange, symbol)) if first <= day <= last]
         if not paths:
             return empty(layer).select(cols)
         # A day's file is one row group holding every interval (or rule), so its statistics never let a filter
@@ -333,6 +332,7 @@ class Storage:
 
     def stat_days(self, layer: str, exchange: str, symbol: str) -> dict[str, tuple[int, int]]:
         """{'YYYY-MM-DD': (size, mtime_ns)} of one symbol's partition files: one scandir and one stat per file.
+        Only folders naming a real day count (a foreign date=2024-01-02x is not ours to read or summarize).
 
         (ObjectStorage adds a third value, a digest of the ETag, as its listings' times have 1 s resolution.)
 
@@ -347,7 +347,7 @@ class Storage:
         try:
             # Relative to the folder's descriptor: the kernel does not walk the long absolute path 36,500 times.
             with os.scandir(fd) as it:
-                names = [e.name for e in it if e.name.startswith("date=")]
+                names = [e.name for e in it if e.name.startswith("date=") and is_day_name(e.name[5:])]
             tail = os.sep + PART_FILE
             for name in names:
                 try:
@@ -426,12 +426,16 @@ def _sweep_stale_temp(folder: Path) -> None:
             pass
 
 
-def _is_iso_day(name: str) -> bool:
-    """A `date=` folder's value names a real day (a foreign folder such as date=2024-01-01x is not ours to read)."""
+def is_day_name(value: str) -> bool:
+    """Whether a `date=` folder's value is a day as this module writes it, YYYY-MM-DD (fromisoformat alone
+    also takes 20240102, which would sort among the days wrongly)."""
+    if len(value) != 10:
+        return False
     try:
-        return len(name) == 10 and dt.date.fromisoformat(name) is not None
+        dt.date.fromisoformat(value)
     except ValueError:
         return False
+    return True
 
 
 def _subdirs(path: Path, prefix: str) -> Iterator[Path]:

@@ -24,7 +24,7 @@ from lakehouse.objectstore import ObjectStorage, ObjectStoreError
 from lakehouse.registry import TrackedSymbol
 from lakehouse.schema import CLEAN_BARS, INDICATORS, RAW_OHLCV, REJECTED_CANDLES, SCORES, SIGNALS
 from lakehouse.schema import empty
-from lakehouse.storage import Storage
+from lakehouse.storage import PART_FILE, Storage
 from resources import LakehouseResource, SimulatedExchangeResource
 
 from helpers import NOW_MS, add_symbols
@@ -113,6 +113,9 @@ def _audit_uses_listings_and_sees_deleted_and_rewritten_objects(s3):
     tracked = [TrackedSymbol("BTC/USDT", EX, D1, dt.date(2017, 8, 17), "")]
     closed = lambda audit: [(f.layer, str(f.day), f.state) for f in audit.findings if f.day < D1 + dt.timedelta(days=2)]  # noqa: E731
 
+    # A foreign object whose folder name sorts among the days is not a day of ours: not listed, not summarized.
+    s3._put(s3._symbol_key(RAW_OHLCV, EX, "BTC/USDT") + "/date=2024-01-02x/" + PART_FILE, b"not ours")
+    assert all(len(day) == 10 for day in s3.stat_days(RAW_OHLCV, EX, "BTC/USDT"))
     cold = Auditor(s3, Settings(), [RAW_OHLCV, CLEAN_BARS])
     assert closed(cold.run(tracked, NOW_MS)) == [] and cold.manifest.files_read == 4
     warm = Auditor(s3, Settings(), [RAW_OHLCV, CLEAN_BARS])

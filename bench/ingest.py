@@ -260,7 +260,8 @@ def main() -> None:
     parser.add_argument("--jitter-ms", type=float, default=20.0, help="+- uniform jitter on the round trip")
     parser.add_argument("--weight", type=int, default=40, help="budget-bound run: weight per window")
     parser.add_argument("--window", type=float, default=1.0, help="budget-bound run: window in seconds")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY,
+                        help="requests in flight (LAKEHOUSE_FETCH_CONCURRENCY)")
     parser.add_argument("--year", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure peak memory for one symbol-year")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -25,7 +25,8 @@ class CcxtExchangeResource(ExchangeResource):
     url: Optional[str] = None
     timeout_s: float = 10.0
     max_retries: int = 5
-    concurrency: int = DEFAULT_FETCH_CONCURRENCY  # requests in flight at once, always inside the exchange's weight budget
+    # Requests in flight at once, always inside the exchange's weight budget.
+    concurrency: int = DEFAULT_FETCH_CONCURRENCY
     archive_url: Optional[str] = None  # bulk kline archive for closed days (LAKEHOUSE_ARCHIVE_URL); None: REST only
 
     def client(self) -> Exchange:

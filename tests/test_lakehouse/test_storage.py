@@ -107,6 +107,26 @@ def test_a_range_scan_reads_only_day_folders_of_the_range(storage):
     assert sorted(storage.stat_days(RAW_OHLCV, "simulated", "BTC/USDT")) == ["2024-01-02", "2024-01-07"]
 
 
+def test_a_long_range_read_as_several_scans_keeps_every_row_in_day_order_and_names_a_torn_file(storage):
+    # 100 days: more than one scan's share (lakehouse.storage._SCAN_CHUNK_FILES), read at once and concatenated.
+    days = [DAY + dt.timedelta(days=i) for i in range(100)]
+    for i, day in enumerate(days):
+        df = frame(3, close=float(i)).with_columns(
+            pl.col("timestamp") + pl.duration(days=i), pl.col("fetched_at") + pl.duration(days=i))
+        storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", day, df)
+    got = storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", days[0], days[-1], columns=["timestamp", "close"],
+                             filter=pl.col("timestamp").dt.minute() < 2)
+    assert got.get_column("close").to_list() == [float(i) for i in range(100) for _ in range(2)]
+    assert got.get_column("timestamp").is_sorted()
+    one_by_one = pl.concat([storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", d) for d in days])
+    assert storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", days[0], days[-1],
+                              columns=list(one_by_one.columns)).equals(one_by_one)
+    torn = storage.partition_path(RAW_OHLCV, "simulated", "BTC/USDT", days[90])
+    torn.write_bytes(torn.read_bytes()[:40])
+    with pytest.raises(CorruptPartitionError, match="2024-04-01"):
+        storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", days[0], days[-1], columns=["close"])
+
+
 def test_meta_documents_are_atomic_and_confined(storage):
     assert storage.read_meta("state.json") is None
     storage.write_meta("state.json", b'{"a": 1}')

@@ -24,6 +24,7 @@ from .glue import (
     UNIQUE_BARS,
     CheckBook,
     DayWriter,
+    Handoff,
     add_partition_metadata,
     gate,
     require,
@@ -155,57 +156,59 @@ def sum_metadata(per_day: dict[dt.date, dict]) -> dict:
 
 
 def build_clean(context: AssetExecutionContext, storage: Storage, ex: str, plan: dict[str, list[dt.date]],
-                selected: set[str]) -> list:
-    """Clean every symbol's days of the run, write the selected layers, and return their results and checks.
+                selected: set[str], writer: DayWriter, handoff: Handoff) -> list:
+    """Clean every symbol's days of the run, queue the selected layers' files on `writer` (and clean_bars on
+    `handoff`), and return their results and checks.
 
     Each partition's materialization carries its own day's figures; the check results cover the whole run
     (Dagster records a range run's check results without a partition) and name the failing days."""
     books = {name: CheckBook(CLEAN_BARS, name, AssetCheckSeverity.WARN if name == COMPLETENESS
                              else AssetCheckSeverity.ERROR) for name in selected_checks(context, CLEAN_BARS)}
     all_days: list[dt.date] = []
-    with DayWriter() as writer:
-        for symbol, days in plan.items():
-            require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
-            gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
-            raw = storage.read_days(RAW_OHLCV, ex, symbol, days)
-            whole_bars, whole_rejects, _stats = clean_whole(raw)
-            bars, rejects = split_days(whole_bars, days), split_days(whole_rejects, days)
-            if CLEAN_BARS in selected:
-                writer.write(storage, CLEAN_BARS, ex, symbol, bars)
-            if REJECTED_CANDLES in selected:
-                writer.write(storage, REJECTED_CANDLES, ex, symbol, rejects)
+    if CLEAN_BARS in selected:
+        handoff.writing(CLEAN_BARS, writer)
+    for symbol, days in plan.items():
+        require(storage, RAW_OHLCV, ex, symbol, days, "clean_bars")
+        gate(storage, RAW_OHLCV, ex, symbol, days[0], days[-1], "clean_bars")
+        raw = storage.read_days(RAW_OHLCV, ex, symbol, days)
+        whole_bars, whole_rejects, _stats = clean_whole(raw)
+        bars, rejects = split_days(whole_bars, days), split_days(whole_rejects, days)
+        if CLEAN_BARS in selected:
+            handoff.keep(CLEAN_BARS, symbol, days, whole_bars, writer.write(storage, CLEAN_BARS, ex, symbol, bars))
+        if REJECTED_CANDLES in selected:
+            writer.write(storage, REJECTED_CANDLES, ex, symbol, rejects)
 
-            per_day, completeness = _day_figures(raw, whole_bars, whole_rejects, days, _listing_day(storage, symbol))
-            whole_bars = whole_bars.drop("_day")
-            complete_outcome = {day: ok for day, (ok, _md) in completeness.items()}
-            gaps = [[str(day), *g] for day, (_ok, md) in completeness.items() for g in md["gaps"]]
-            if CLEAN_BARS in selected:
-                add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
-            if REJECTED_CANDLES in selected:
-                add_partition_metadata(context, REJECTED_CANDLES, symbol, {
-                    d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"], "reasons": per_day[d]["rejected"]}
-                    for d in days})
-            all_days += days
-            if OHLC_SANITY in books:
-                books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity, whole=whole_bars)
-            if UNIQUE_BARS in books:
-                books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness, whole=whole_bars)
-            if ROWS_ACCOUNTED in books:
-                accounted = {d: per_day[d]["raw_rows"] == per_day[d]["bars_1m"] + per_day[d]["rejected_rows"] for d in days}
-                books[ROWS_ACCOUNTED].add(symbol, accounted, {
-                    "raw_rows": raw.height, "clean_1m_rows": sum(per_day[d]["bars_1m"] for d in days),
-                    "rejected_rows": sum(per_day[d]["rejected_rows"] for d in days),
-                    "unaccounted_days": [str(d) for d, ok in accounted.items() if not ok][:50]})
-            if COMPLETENESS in books:
-                total = sum_metadata(per_day)
-                books[COMPLETENESS].add(symbol, complete_outcome, {
-                    k: total[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count",
-                                          "completeness_pct")} | {
-                    "incomplete_days": [str(d) for d, ok in complete_outcome.items() if not ok][:100],
-                    "gaps": gaps[: checks.MAX_GAPS]})
-            context.log.info(
-                f"{symbol} {days[0]}..{days[-1]}: {raw.height} raw -> {sum(per_day[d]['bars_1m'] for d in days)} "
-                f"clean 1m bars, {sum(per_day[d]['rejected_rows'] for d in days)} rejected")
+        per_day, completeness = _day_figures(raw, whole_bars, whole_rejects, days, _listing_day(storage, symbol))
+        whole_bars = whole_bars.drop("_day")
+        complete_outcome = {day: ok for day, (ok, _md) in completeness.items()}
+        gaps = [[str(day), *g] for day, (_ok, md) in completeness.items() for g in md["gaps"]]
+        if CLEAN_BARS in selected:
+            add_partition_metadata(context, CLEAN_BARS, symbol, per_day)
+        if REJECTED_CANDLES in selected:
+            add_partition_metadata(context, REJECTED_CANDLES, symbol, {
+                d: {"rows": rejects[d].height, "raw_rows": per_day[d]["raw_rows"], "reasons": per_day[d]["rejected"]}
+                for d in days})
+        all_days += days
+        if OHLC_SANITY in books:
+            books[OHLC_SANITY].run(symbol, bars, checks.ohlc_sanity, whole=whole_bars)
+        if UNIQUE_BARS in books:
+            books[UNIQUE_BARS].run(symbol, bars, checks.uniqueness, whole=whole_bars)
+        if ROWS_ACCOUNTED in books:
+            accounted = {d: per_day[d]["raw_rows"] == per_day[d]["bars_1m"] + per_day[d]["rejected_rows"] for d in days}
+            books[ROWS_ACCOUNTED].add(symbol, accounted, {
+                "raw_rows": raw.height, "clean_1m_rows": sum(per_day[d]["bars_1m"] for d in days),
+                "rejected_rows": sum(per_day[d]["rejected_rows"] for d in days),
+                "unaccounted_days": [str(d) for d, ok in accounted.items() if not ok][:50]})
+        if COMPLETENESS in books:
+            total = sum_metadata(per_day)
+            books[COMPLETENESS].add(symbol, complete_outcome, {
+                k: total[k] for k in ("expected_minutes", "present_minutes", "missing_minutes", "gap_count",
+                                      "completeness_pct")} | {
+                "incomplete_days": [str(d) for d, ok in complete_outcome.items() if not ok][:100],
+                "gaps": gaps[: checks.MAX_GAPS]})
+        context.log.info(
+            f"{symbol} {days[0]}..{days[-1]}: {raw.height} raw -> {sum(per_day[d]['bars_1m'] for d in days)} "
+            f"clean 1m bars, {sum(per_day[d]['rejected_rows'] for d in days)} rejected")
 
     CheckBook.record_all(books.values(), storage, ex, context.run_id)
     shared = to_metadata(run_metadata(sorted(all_days)))

@@ -17,7 +17,7 @@ from lakehouse.schema import CLEAN_BARS, INDICATORS, RAW_OHLCV, REJECTED_CANDLES
 from resources import ExchangeResource, LakehouseResource
 
 from .clean_layer import CLEAN_CHECKS, build_clean, clean_range
-from .glue import BLOCKING, blocking_failed, exchange_id, gate, layer_spec
+from .glue import BLOCKING, DayWriter, Handoff, blocking_failed, exchange_id, gate, layer_spec
 from .indicator_layer import INDICATOR_CHECKS, build_indicators, read_warmup_bars
 from .partitions import days_by_symbol, symbol_day_partitions
 from .scores import scores
@@ -51,20 +51,47 @@ def derived(context: AssetExecutionContext, exchange: ExchangeResource, lakehous
     ex = exchange_id(exchange)
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     plan = days_by_symbol(context.partition_keys)
+    handoff = Handoff()
     layers = [
-        ({CLEAN_BARS, REJECTED_CANDLES}, lambda: build_clean(context, storage, ex, plan, selected)),
-        ({INDICATORS}, lambda: build_indicators(context, storage, ex, plan)),
-        ({SIGNALS}, lambda: build_signals(context, storage, ex, plan)),
+        ({CLEAN_BARS, REJECTED_CANDLES}, lambda w: build_clean(context, storage, ex, plan, selected, w, handoff)),
+        ({INDICATORS}, lambda w: build_indicators(context, storage, ex, plan, w, handoff)),
+        ({SIGNALS}, lambda w: build_signals(context, storage, ex, plan, w, handoff)),
     ]
-    for names, build in layers:
-        if not names & selected:
-            continue
-        results = build()
+    # Each layer computes from the one before in memory while that one's files are still being written; a
+    # layer's results (its materializations and checks) are yielded only once its files are on disk.
+    queued: list[tuple[DayWriter, list]] = []  # layers whose files may still be landing, oldest first
+    try:
+        for names, build in layers:
+            if not names & selected:
+                continue
+            writer = DayWriter()
+            try:
+                results = build(writer)
+            except Exception:
+                writer.close(cancel=True)
+                yield from _landed(queued)  # the layers before stay recorded, as with a step per layer
+                raise
+            queued.append((writer, results))
+            if blocking_failed(results):
+                yield from _landed(queued)
+                # Dagster fails the step for the failed blocking check; what comes after must not build on it.
+                context.log.error(f"a blocking check of {', '.join(sorted(names))} failed: later layers not computed")
+                return
+            yield from _landed(queued, keep=1)
+        yield from _landed(queued)
+    finally:
+        for writer, _results in queued:  # interrupted or failed: files not yet started are dropped
+            writer.close(cancel=True)
+
+
+def _landed(queued: list[tuple[DayWriter, list]], keep: int = 0):
+    """The results of the oldest queued layers, each once its files are on disk (a failed write raises), until
+    `keep` layers are left."""
+    while len(queued) > keep:
+        writer, results = queued[0]
+        writer.close()
+        queued.pop(0)
         yield from results
-        if blocking_failed(results):
-            # Dagster fails the step for the failed blocking check; what comes after must not build on it.
-            context.log.error(f"a blocking check of {', '.join(sorted(names))} failed: later layers not computed")
-            return
 
 
 DERIVED_ASSETS = [derived, scores]

@@ -4,7 +4,7 @@ inputs, per-partition metadata, and the book that turns check outcomes into Dags
 from __future__ import annotations
 
 import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
 import polars as pl
@@ -21,7 +21,7 @@ from dagster import (
 from lakehouse import progress
 from lakehouse.config import SIMULATED
 from lakehouse.gates import Gates
-from lakehouse.schema import CLEAN_BARS, INDICATORS, SIGNALS
+from lakehouse.schema import CLEAN_BARS, INDICATORS, SIGNALS, conform
 from lakehouse.storage import Storage
 from resources import ExchangeResource, SimulatedExchangeResource
 
@@ -31,6 +31,9 @@ from .partitions import partition_key
 GROUP = "derived"
 # Day files written at once by one layer of one run (see DayWriter).
 WRITE_THREADS = 4
+# Rows a derived step keeps in memory for its next layer (see Handoff): a few symbol-years of 1m bars with
+# resamples and indicators (a symbol-year of both is 1.36 M rows), a few hundred MB at most.
+HANDOFF_ROWS = 2_000_000
 ONE_DAY = dt.timedelta(days=1)
 
 # Check names; the blocking ones close the gate for later runs too.
@@ -87,15 +90,19 @@ class DayWriter:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="write")
         self._pending: list = []
 
-    def write(self, storage: Storage, layer: str, exchange: str, symbol: str,
-              frames: dict[dt.date, pl.DataFrame]) -> None:
-        """Queue each day's file; first waits for the batches queued before the last one, so at most two
-        batches of frames (say, one symbol's while the next is computed) are held at once."""
+    def write(self, storage: Storage, layer: str, exchange: str, symbol: str, frames: dict[dt.date, pl.DataFrame],
+              after: Mapping[dt.date, Future] | None = None) -> dict[dt.date, Future]:
+        """Queue each day's file, each only once the same day's write in `after` (its upstream layer's) has
+        landed; first waits for the batches queued before the last one, so at most two batches of frames (say,
+        one symbol's while the next is computed) are held at once. Returns each day's write."""
         if len(self._pending) > 1:
             self._wait(self._pending[:-1])
             del self._pending[:-1]
-        self._pending.append([self._pool.submit(_write_day, storage, layer, exchange, symbol, day, df)
-                              for day, df in frames.items()])
+        after = after or {}
+        batch = {day: self._pool.submit(_write_day, storage, layer, exchange, symbol, day, df, after.get(day))
+                 for day, df in frames.items()}
+        self._pending.append(list(batch.values()))
+        return batch
 
     @staticmethod
     def _wait(batches) -> None:
@@ -103,18 +110,87 @@ class DayWriter:
             for future in batch:
                 future.result()
 
+    def landed(self) -> None:
+        """Wait for every file queued so far; raises the first failure."""
+        self._wait(self._pending)
+        self._pending.clear()
+
     def __enter__(self) -> "DayWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def close(self, cancel: bool = False) -> None:
+        """Wait for every file (raising the first failure), or with `cancel` drop those not yet started."""
         try:
-            if exc_type is None:
-                self._wait(self._pending)
+            if not cancel:
+                self.landed()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)
 
 
-def _write_day(storage: Storage, layer: str, exchange: str, symbol: str, day: dt.date, df: pl.DataFrame) -> None:
+class Handoff:
+    """What one layer of the derived step computed for the run's days, for the next layer to use instead of
+    reading those files back: the next layer need not wait for them to land (they are written meanwhile) nor
+    decode them again. A frame holds the same rows as the layer's day files, conformed as Storage writes them
+    (the layers sort what they read, so the order does not matter). Bounded: past HANDOFF_ROWS rows (a run
+    over many symbols), later symbols' frames are not kept and are read from their files once they have landed.
+    """
+
+    def __init__(self, max_rows: int | None = None):
+        self.max_rows = HANDOFF_ROWS if max_rows is None else max_rows
+        self._frames: dict[tuple[str, str], tuple[list[dt.date], pl.DataFrame]] = {}
+        self._rows = 0
+        self._writers: dict[str, DayWriter] = {}
+        self._writes: dict[tuple[str, str], dict[dt.date, Future]] = {}
+
+    def writing(self, layer: str, writer: DayWriter) -> None:
+        """`writer` is writing `layer`'s files in this step (what `landed` waits for)."""
+        self._writers[layer] = writer
+
+    def keep(self, layer: str, symbol: str, days: list[dt.date], whole: pl.DataFrame,
+             writes: dict[dt.date, Future]) -> None:
+        """`whole`: the rows of `days` whose files were queued on this step's writer (`writes`: each day's write,
+        what the next layer's files wait for)."""
+        self._writes[(layer, symbol)] = writes
+        if not days or self._rows + whole.height > self.max_rows:
+            return
+        ts = whole.get_column("timestamp")
+        if whole.height and (ts.min().date() < days[0] or ts.max().date() > days[-1]):
+            return  # rows outside the days would not be in their files
+        self._frames[(layer, symbol)] = (list(days), conform(whole, layer))
+        self._rows += whole.height
+
+    def frame(self, layer: str, symbol: str, days: list[dt.date]) -> pl.DataFrame | None:
+        """The layer's rows of exactly `days` computed in this step, or None (then read its files: `landed`)."""
+        kept = self._frames.get((layer, symbol))
+        if kept is None or kept[0] != list(days) or (days[-1] - days[0]).days + 1 != len(days):
+            return None  # a layer reading a span reads every file in it: only a whole span of days stands in
+        return kept[1]
+
+    def release(self, symbol: str) -> None:
+        """The symbol's frames are used up (the last layer has them): free them."""
+        for key in [k for k in self._frames if k[1] == symbol]:
+            self._rows -= self._frames.pop(key)[1].height
+
+    def writes(self, layer: str, symbol: str) -> dict[dt.date, Future]:
+        """Each day's write of `layer` queued by this step (none when it was not built here)."""
+        return self._writes.get((layer, symbol), {})
+
+    def landed(self, layer: str) -> None:
+        """Wait until the files this step queued for `layer` are on disk (nothing to wait for when it queued none)."""
+        writer = self._writers.get(layer)
+        if writer is not None:
+            writer.landed()
+
+
+def _write_day(storage: Storage, layer: str, exchange: str, symbol: str, day: dt.date, df: pl.DataFrame,
+               upstream: Future | None = None) -> None:
+    if upstream is not None:
+        # Never before the upstream day's file: the audit takes a file older than its upstream for outdated,
+        # and a failed upstream write fails this one too, so no layer is on disk above a missing one.
+        upstream.result()
     storage.write_partition(layer, exchange, symbol, day, df)
     progress.emit(progress.ProgressEvent("partition_done", layer, symbol, day.isoformat(), df.height))
 

@@ -20,6 +20,7 @@ from .glue import (
     ONE_DAY,
     CheckBook,
     DayWriter,
+    Handoff,
     add_partition_metadata,
     gate,
     require,
@@ -35,15 +36,20 @@ INDICATOR_CHECKS = [
 ]
 
 
-def read_warmup_bars(storage: Storage, exchange: str, symbol: str, first: dt.date, last: dt.date) -> pl.DataFrame:
+def read_warmup_bars(storage: Storage, exchange: str, symbol: str, first: dt.date, last: dt.date,
+                     run_bars: pl.DataFrame | None = None) -> pl.DataFrame:
     """clean_bars of [first, last] plus, per interval, the history its warm-up needs: one scan, and only each
-    interval's own history (2 days of 1m, 601 days of 1d), sorted by interval then time."""
+    interval's own history (2 days of 1m, 601 days of 1d), sorted by interval then time. `run_bars`, when
+    given, are the clean bars of [first, last] already in memory: only the history before `first` is read."""
     history_start = {iv: first - dt.timedelta(days=history_days_needed([iv])) for iv in ALL_INTERVALS}
     wanted = pl.any_horizontal(
         (pl.col("interval") == iv) & (pl.col("timestamp") >= pl.lit(day_start_ms(d)).cast(pl.Datetime("ms", "UTC")))
         for iv, d in history_start.items()
     )
-    bars = storage.read_range(CLEAN_BARS, exchange, symbol, min(history_start.values()), last, filter=wanted)
+    read_to = last if run_bars is None else first - ONE_DAY
+    bars = storage.read_range(CLEAN_BARS, exchange, symbol, min(history_start.values()), read_to, filter=wanted)
+    if run_bars is not None:
+        bars = pl.concat([bars, run_bars], how="vertical")
     return bars.sort(interval_rank(), "timestamp")
 
 
@@ -66,34 +72,39 @@ def _warmup_metadata(bars: pl.DataFrame, ind: pl.DataFrame, first: dt.date) -> d
     return out
 
 
-def build_indicators(context: AssetExecutionContext, storage: Storage, ex: str,
-                     plan: dict[str, list[dt.date]]) -> list:
-    """Compute every symbol's days of the run in one pass with one warm-up, write them, return the results."""
+def build_indicators(context: AssetExecutionContext, storage: Storage, ex: str, plan: dict[str, list[dt.date]],
+                     writer: DayWriter, handoff: Handoff) -> list:
+    """Compute every symbol's days of the run in one pass with one warm-up, queue their files on `writer` (and
+    on `handoff`), return the results. Clean bars this step just computed come from `handoff`."""
     book = CheckBook(INDICATORS, INDICATOR_SANITY) if selected_checks(context, INDICATORS) else None
     all_days: list[dt.date] = []
     warmup: dict = {}
-    with DayWriter() as writer:
-        for symbol, days in plan.items():
-            first, last = days[0], days[-1]
+    handoff.writing(INDICATORS, writer)
+    for symbol, days in plan.items():
+        first, last = days[0], days[-1]
+        run_bars = handoff.frame(CLEAN_BARS, symbol, days)
+        if run_bars is None:
+            handoff.landed(CLEAN_BARS)
             require(storage, CLEAN_BARS, ex, symbol, days, INDICATORS)
-            gate(storage, CLEAN_BARS, ex, symbol, first - dt.timedelta(days=history_days_needed()), last, INDICATORS)
-            bars = read_warmup_bars(storage, ex, symbol, first, last)
-            # One pass over the whole range with one warm-up: a range run equals its days run one by one.
-            ind = compute_indicators(bars, first, last + ONE_DAY)
-            frames = split_days(ind, days)
-            writer.write(storage, INDICATORS, ex, symbol, frames)
-            warmup = _warmup_metadata(bars, ind, first)
-            per_day = _per_day_metadata(bars, ind, days, warmup)
-            add_partition_metadata(context, INDICATORS, symbol, per_day)
-            all_days += days
-            short = {iv: w for iv, w in warmup.items() if w["rows_without_full_warmup"]}
-            if short:
-                context.log.warning(
-                    f"{symbol}: too little history for a full {max(WARMUP_BARS.values())}-bar warm-up on "
-                    f"{', '.join(short)}; values are null until TA-Lib's own lookback is met and the rows say "
-                    f"warmup_ok=false")
-            if book:
-                book.run(symbol, frames, checks.indicator_sanity, whole=ind)
+        gate(storage, CLEAN_BARS, ex, symbol, first - dt.timedelta(days=history_days_needed()), last, INDICATORS)
+        bars = read_warmup_bars(storage, ex, symbol, first, last, run_bars)
+        # One pass over the whole range with one warm-up: a range run equals its days run one by one.
+        ind = compute_indicators(bars, first, last + ONE_DAY)
+        frames = split_days(ind, days)
+        writes = writer.write(storage, INDICATORS, ex, symbol, frames, after=handoff.writes(CLEAN_BARS, symbol))
+        handoff.keep(INDICATORS, symbol, days, ind, writes)
+        warmup = _warmup_metadata(bars, ind, first)
+        per_day = _per_day_metadata(bars, ind, days, warmup)
+        add_partition_metadata(context, INDICATORS, symbol, per_day)
+        all_days += days
+        short = {iv: w for iv, w in warmup.items() if w["rows_without_full_warmup"]}
+        if short:
+            context.log.warning(
+                f"{symbol}: too little history for a full {max(WARMUP_BARS.values())}-bar warm-up on "
+                f"{', '.join(short)}; values are null until TA-Lib's own lookback is met and the rows say "
+                f"warmup_ok=false")
+        if book:
+            book.run(symbol, frames, checks.indicator_sanity, whole=ind)
 
     if book:
         CheckBook.record_all([book], storage, ex, context.run_id)

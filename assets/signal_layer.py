@@ -18,6 +18,7 @@ from .glue import (
     SIGNALS_REFERENCE_BARS,
     CheckBook,
     DayWriter,
+    Handoff,
     add_partition_metadata,
     gate,
     require,
@@ -53,35 +54,50 @@ def _signal_figures(sig: pl.DataFrame, days: list[dt.date]) -> dict[dt.date, dic
     } for d in days}
 
 
-def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, plan: dict[str, list[dt.date]]) -> list:
-    """Fire the rules over every symbol's days of the run, write them, return the results and the check."""
+def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, plan: dict[str, list[dt.date]],
+                  writer: DayWriter, handoff: Handoff) -> list:
+    """Fire the rules over every symbol's days of the run, queue their files on `writer`, return the results and
+    the check. Indicators and clean bars this step just computed come from `handoff`."""
     book = CheckBook(SIGNALS, SIGNALS_REFERENCE_BARS) if selected_checks(context, SIGNALS) else None
     all_days: list[dt.date] = []
-    with DayWriter() as writer:
-        for symbol, days in plan.items():
-            first, last = days[0], days[-1]
+    for symbol, days in plan.items():
+        first, last = days[0], days[-1]
+        run_ind = handoff.frame(INDICATORS, symbol, days)
+        if run_ind is None:
+            handoff.landed(INDICATORS)
             require(storage, INDICATORS, ex, symbol, days, SIGNALS)
-            gate(storage, INDICATORS, ex, symbol, first - ONE_DAY, last, SIGNALS)
-            gate(storage, CLEAN_BARS, ex, symbol, first, last, SIGNALS)
-            # The day before gives each series its previous bar, so a crossing at midnight is seen.
-            ind = storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, last, columns=list(LAYERS[INDICATORS]))
-            # Each series contiguous and oldest first, sorted on numbers: compute_signals then need not sort strings.
-            ind = ind.sort(interval_rank(), "timestamp", maintain_order=True)
-            sig = compute_signals(ind, first, last + ONE_DAY)
-            frames = split_days(sig, days)
-            writer.write(storage, SIGNALS, ex, symbol, frames)
-            add_partition_metadata(context, SIGNALS, symbol, _signal_figures(sig, days))
-            all_days += days
-            if book:
-                bars = storage.read_range(CLEAN_BARS, ex, symbol, first, last,
-                                          columns=["exchange", "symbol", "interval", "timestamp", "close"])
-                passed, md = checks.signals_reference_bars(sig, bars)
-                outcome = dict.fromkeys(days, True)
-                if not passed:  # only then day by day, to tell which days fail
-                    bars_by_day = split_days(bars, days)
-                    outcome = {d: checks.signals_reference_bars(frames[d], bars_by_day[d])[0] if frames[d].height
-                               else True for d in days}
-                book.add(symbol, outcome, md)
+        gate(storage, INDICATORS, ex, symbol, first - ONE_DAY, last, SIGNALS)
+        gate(storage, CLEAN_BARS, ex, symbol, first, last, SIGNALS)
+        # The day before gives each series its previous bar, so a crossing at midnight is seen.
+        columns = list(LAYERS[INDICATORS])
+        if run_ind is None:
+            ind = storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, last, columns=columns)
+        else:
+            ind = pl.concat([storage.read_range(INDICATORS, ex, symbol, first - ONE_DAY, first - ONE_DAY,
+                                                columns=columns), run_ind.select(columns)], how="vertical")
+        # Each series contiguous and oldest first, sorted on numbers: compute_signals then need not sort strings.
+        ind = ind.sort(interval_rank(), "timestamp", maintain_order=True)
+        sig = compute_signals(ind, first, last + ONE_DAY)
+        frames = split_days(sig, days)
+        writer.write(storage, SIGNALS, ex, symbol, frames, after=handoff.writes(INDICATORS, symbol))
+        add_partition_metadata(context, SIGNALS, symbol, _signal_figures(sig, days))
+        all_days += days
+        if book:
+            columns = ["exchange", "symbol", "interval", "timestamp", "close"]
+            bars = handoff.frame(CLEAN_BARS, symbol, days)
+            if bars is None:
+                handoff.landed(CLEAN_BARS)
+                bars = storage.read_range(CLEAN_BARS, ex, symbol, first, last, columns=columns)
+            else:
+                bars = bars.select(columns)
+            passed, md = checks.signals_reference_bars(sig, bars)
+            outcome = dict.fromkeys(days, True)
+            if not passed:  # only then day by day, to tell which days fail
+                bars_by_day = split_days(bars, days)
+                outcome = {d: checks.signals_reference_bars(frames[d], bars_by_day[d])[0] if frames[d].height
+                           else True for d in days}
+            book.add(symbol, outcome, md)
+        handoff.release(symbol)
     if book:
         CheckBook.record_all([book], storage, ex, context.run_id)
     out: list = [MaterializeResult(asset_key=SIGNALS, metadata=to_metadata(run_metadata(sorted(all_days))))]

@@ -194,6 +194,101 @@ def test_day_by_day_runs_equal_one_range_run(instance, storage, lakehouse_resour
     assert daily[SIGNALS].height > 0
 
 
+# one layer to the next in memory ---------------------------------------------------------------------------
+SELECTION = [CLEAN_BARS, REJECTED_CANDLES, INDICATORS, SIGNALS]
+
+
+def _files(storage, first, last):
+    """{(layer, day): the day's file as read} of the derived layers."""
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    return {(layer, d): storage.read_partition(layer, EX, "BTC/USDT", d) for layer in (CLEAN_BARS, INDICATORS, SIGNALS)
+            for d in days}
+
+
+def test_each_layer_computes_from_the_one_before_in_memory_exactly_as_from_its_files(
+        instance, storage, lakehouse_resource, monkeypatch):
+    add_symbols(instance, "BTC/USDT")
+    history, first, last = D1, D1 + dt.timedelta(days=2), D1 + dt.timedelta(days=5)
+    assert run([raw_ohlcv], lakehouse_resource, instance, tags=range_tags("BTC/USDT", history, last)).success
+    # Days before the range are on disk: the warm-up and the day before still come from files.
+    assert run([raw_ohlcv, derived], lakehouse_resource, instance, selection=SELECTION,
+               tags=range_tags("BTC/USDT", history, first - dt.timedelta(days=1))).success
+    reads = []
+    real_read_range = type(storage).read_range
+
+    def spy(self, layer, exchange, symbol, start, end, **kw):
+        reads.append((layer, start, end))
+        return real_read_range(self, layer, exchange, symbol, start, end, **kw)
+
+    monkeypatch.setattr(type(storage), "read_range", spy)
+    in_memory = run([raw_ohlcv, derived], lakehouse_resource, instance, selection=SELECTION,
+                    tags=range_tags("BTC/USDT", first, last))
+    assert in_memory.success, failure_messages(in_memory)
+    # Nothing this run computed was read back from its files.
+    assert [r for r in reads if r[0] in (CLEAN_BARS, INDICATORS) and r[2] >= first] == []
+    handed = _files(storage, first, last)
+
+    monkeypatch.setattr("assets.glue.HANDOFF_ROWS", 0)  # over the budget: every layer reads the files back
+    reads.clear()
+    from_files = run([raw_ohlcv, derived], lakehouse_resource, instance, selection=SELECTION,
+                     tags=range_tags("BTC/USDT", first, last))
+    assert from_files.success, failure_messages(from_files)
+    assert {r[0] for r in reads if r[2] == last} == {CLEAN_BARS, INDICATORS}  # read back, through the range
+    read_back = _files(storage, first, last)
+    for key, frame in handed.items():
+        assert frame.equals(read_back[key]), key
+    assert mats(in_memory, SIGNALS).keys() == mats(from_files, SIGNALS).keys()
+    for layer in SELECTION:
+        assert mats(in_memory, layer) == mats(from_files, layer), layer
+
+
+def test_a_days_file_lands_after_its_upstream_days_file_and_not_at_all_when_that_write_fails(
+        instance, storage, lakehouse_resource, monkeypatch):
+    import time
+
+    add_symbols(instance, "BTC/USDT")
+    first, last = D1, D1 + dt.timedelta(days=3)
+    assert run([raw_ohlcv], lakehouse_resource, instance, tags=range_tags("BTC/USDT", first, last)).success
+    real_write = type(storage).write_partition
+
+    def slow_clean(self, layer, exchange, symbol, day, df):
+        if layer == CLEAN_BARS:
+            time.sleep(0.15)  # later layers are computed and queued long before these land
+        return real_write(self, layer, exchange, symbol, day, df)
+
+    monkeypatch.setattr(type(storage), "write_partition", slow_clean)
+    result = run([raw_ohlcv, derived], lakehouse_resource, instance, selection=SELECTION,
+                 tags=range_tags("BTC/USDT", first, last))
+    assert result.success, failure_messages(result)
+    for i in range(4):
+        day = first + dt.timedelta(days=i)
+        clean, ind, sig = (storage.partition_modified_ns(layer, EX, "BTC/USDT", day)
+                           for layer in (CLEAN_BARS, INDICATORS, SIGNALS))
+        assert clean <= ind <= sig, day
+        # (The audit takes a file older than its upstream day's file for outdated and rebuilds it.)
+
+    broken = first + dt.timedelta(days=2)
+
+    def failing_clean(self, layer, exchange, symbol, day, df):
+        if layer == CLEAN_BARS and day == broken:
+            time.sleep(0.15)
+            raise OSError("No space left on device")
+        return real_write(self, layer, exchange, symbol, day, df)
+
+    for layer in (CLEAN_BARS, INDICATORS, SIGNALS):
+        storage.delete_partition(layer, EX, "BTC/USDT", broken)
+    monkeypatch.setattr(type(storage), "write_partition", failing_clean)
+    failed = run([raw_ohlcv, derived], lakehouse_resource, instance, selection=SELECTION,
+                 tags=range_tags("BTC/USDT", first, last))
+    assert not failed.success
+    assert any("No space left on device" in m for m in failure_messages(failed)), failure_messages(failed)
+    # Neither the layer whose file failed nor any built on it is recorded as materialized, and no file of a
+    # later layer stands above the missing one.
+    assert not mats(failed, CLEAN_BARS) and not mats(failed, INDICATORS) and not mats(failed, SIGNALS)
+    assert [storage.partition_modified_ns(layer, EX, "BTC/USDT", broken) for layer in (CLEAN_BARS, INDICATORS, SIGNALS)] \
+        == [None, None, None]
+
+
 # dirty raw data -------------------------------------------------------------------------------------------
 def _raw_row(minute, o=100.0, h=101.0, lo=99.0, c=100.5, v=5.0, fetched=0, seconds=0, day=D1):
     ts = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=minute, seconds=seconds)

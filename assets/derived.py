@@ -3,7 +3,8 @@
 
 One step for the three layers: a range run reads its raw days once, computes each layer over the whole range
 in one pass (one warm-up for indicators) and writes each day's file atomically through Storage, without
-paying Dagster's per-step cost three times. The step can run any subset of the layers (can_subset), in order;
+paying Dagster's per-step cost three times; each layer takes the one before from memory (glue.Handoff) while
+that one's files are written. The step can run any subset of the layers (can_subset), in order;
 each layer's checks run on the frames just computed, their outcome per day goes to the gate record
 (lakehouse.gates), and when a blocking check fails the later layers are not computed and the step fails, as
 separate steps would. A layer refuses, without retries, to read an upstream partition whose latest blocking

@@ -3,8 +3,8 @@ one file per UTC month, everything else equal.
 
 Each layer's year (raw_ohlcv, and clean_bars with every interval) is cut by day and by month; each cut is
 written with the lakehouse's own atomic writer (same encoding, temp file, fsync, rename) into a fresh folder,
-then scanned back the way read_range scans partitions (the 1m bars of clean_bars, every row of raw). Prints the
-best of --repeat for each, side by side, with the ratios and peak RSS.
+then scanned back as read_range scans partitions (lakehouse.storage.scan_files: the 1m bars of clean_bars,
+every row of raw). Prints the best of --repeat for each, side by side, with the ratios and peak RSS.
 
 This measures the file grain only: the Dagster partitions would stay symbol x UTC day either way. The per-file
 costs it shows (encode, fsync, rename, then open and footer on read) are what bench/derive.py's read_bars and
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from derive import raw_year  # noqa: E402
 from lakehouse.clean import clean_candles  # noqa: E402
 from lakehouse.resample import resample  # noqa: E402
-from lakehouse.storage import _write_parquet_atomic  # noqa: E402  (the writer every partition goes through)
+from lakehouse.storage import _write_parquet_atomic, scan_files  # noqa: E402  (what every partition goes through)
 
 
 def best_of(repeat: int, fn) -> tuple[float, object]:
@@ -57,7 +57,7 @@ def measure(frames: list[pl.DataFrame], wanted: pl.Expr, repeat: int) -> dict:
             return paths
 
         write_s, paths = best_of(repeat, write)
-        read_s, rows = best_of(repeat, lambda: pl.scan_parquet(paths, hive_partitioning=False).filter(wanted).collect())
+        read_s, rows = best_of(repeat, lambda: scan_files(paths, wanted))
     return {"files": len(frames), "write_s": write_s, "read_s": read_s, "rows": rows.height}
 
 

@@ -31,7 +31,7 @@ META_DIR = "_meta"
 _TMP_PREFIX = ".tmp-"
 # A temp file this old belongs to no write in progress: one a killed writer left behind (see _sweep_stale_temp).
 STALE_TEMP_S = 3600.0
-_SCAN_CHUNKS = 4  # range scans run at once over a long range (see Storage._scan_range)
+_SCAN_CHUNKS = 4  # scans run at once over many files (see scan_files)
 _SCAN_CHUNK_FILES = 32  # fewer files than this per scan gain nothing from splitting
 
 
@@ -263,19 +263,8 @@ class Storage:
         if not paths:
             return empty(layer).select(cols)
 
-        def scan(some: list[str]) -> pl.LazyFrame:
-            # A day's file is one row group holding every interval (or rule), so its statistics never let a
-            # filter skip it; reading them costs a tenth of a year's scan.
-            lf = pl.scan_parquet(some, hive_partitioning=False, use_statistics=False)
-            return (lf if filter is None else lf.filter(filter)).select([pl.col(c).cast(schema[c]) for c in cols])
-
         try:
-            # A long range as a few scans run at once, concatenated in day order: one scan opens its files one
-            # after another, and several overlap those opens (a year of day files: 58 -> 48 ms, bench/derive.py).
-            size = max(_SCAN_CHUNK_FILES, -(-len(paths) // _SCAN_CHUNKS))
-            chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-            frames = pl.collect_all([scan(chunk) for chunk in chunks])
-            df = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+            df = scan_files(paths, filter, [pl.col(c).cast(schema[c]) for c in cols])
         except Exception as exc:
             for path in paths:  # name the torn file, as read_partition would
                 try:
@@ -380,6 +369,24 @@ class Storage:
             raise
         except Exception as exc:
             raise CorruptPartitionError(f"{path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+
+
+def scan_files(paths: Sequence[str], filter: pl.Expr | None = None, select: Sequence[pl.Expr] | None = None,
+               ) -> pl.DataFrame:
+    """The rows of `paths` (partition files of one schema), in order, filtered, then selected: one lazy pass."""
+
+    def scan(some: Sequence[str]) -> pl.LazyFrame:
+        # A day's file is one row group holding every interval (or rule), so its statistics never let a filter
+        # skip it; reading them costs a tenth of a year's scan.
+        lf = pl.scan_parquet(list(some), hive_partitioning=False, use_statistics=False)
+        lf = lf if filter is None else lf.filter(filter)
+        return lf if select is None else lf.select(list(select))
+
+    # Many files as a few scans run at once, concatenated in order: one scan opens its files one after another,
+    # and several overlap those opens (a year of day files: 58 -> 52 ms, bench/derive.py).
+    size = max(_SCAN_CHUNK_FILES, -(-len(paths) // _SCAN_CHUNKS))
+    frames = pl.collect_all([scan(paths[i:i + size]) for i in range(0, len(paths), size)])
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
 
 
 def parquet_bytes(df: pl.DataFrame) -> bytes:

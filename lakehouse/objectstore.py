@@ -502,7 +502,8 @@ def _parse_key(layer: str, key: str) -> PartitionRef | None:
     try:
         ex = parts[1].split("=", 1)[1] if parts[1].startswith("exchange=") else None
         sym = decode_symbol(parts[2].split("=", 1)[1]) if parts[2].startswith("symbol=") else None
-        day = dt.date.fromisoformat(parts[3].split("=", 1)[1]) if parts[3].startswith("date=") else None
+        value = parts[3].split("=", 1)[1] if parts[3].startswith("date=") else ""
+        day = dt.date.fromisoformat(value) if is_day_name(value) else None
     except Exception:
         return None  # a foreign object is not ours to interpret
     if ex is None or sym is None or day is None:

@@ -262,7 +262,6 @@ class Storage:
         paths = [locate(day) for day in sorted(self.stat_days(layer, exchange, symbol)) if first <= day <= last]
         if not paths:
             return empty(layer).select(cols)
-
         try:
             df = scan_files(paths, filter, [pl.col(c).cast(schema[c]) for c in cols])
         except Exception as exc:
@@ -294,10 +293,10 @@ class Storage:
                 if symbol is not None and sym != symbol:
                     continue
                 for date_dir in _subdirs(sym_dir, "date="):
-                    try:
-                        day = dt.date.fromisoformat(date_dir.name.split("=", 1)[1])
-                    except ValueError:
+                    value = date_dir.name.split("=", 1)[1]
+                    if not is_day_name(value):
                         continue
+                    day = dt.date.fromisoformat(value)
                     try:
                         st = (date_dir / PART_FILE).stat()
                     except FileNotFoundError:

@@ -103,8 +103,13 @@ def test_a_range_scan_reads_only_day_folders_of_the_range(storage):
     df = storage.read_range(RAW_OHLCV, "simulated", "BTC/USDT", DAY, DAY + dt.timedelta(days=2),
                             columns=["timestamp", "close"])
     assert df.height == 2 and df.columns == ["timestamp", "close"]
-    # Nor does the listing the audit and its manifest summarize (a foreign name there made them fail).
+    # Nor does the listing the audit and its manifest summarize (a foreign name there made them fail), nor the
+    # partition listing, which would have taken a compact date=20240103 for 2024-01-03.
+    compact = storage.symbol_dir(RAW_OHLCV, "simulated", "BTC/USDT") / "date=20240103"
+    compact.mkdir()
+    frame(4).write_parquet(compact / "part.parquet")
     assert sorted(storage.stat_days(RAW_OHLCV, "simulated", "BTC/USDT")) == ["2024-01-02", "2024-01-07"]
+    assert [s.ref.day.isoformat() for s in storage.list_partitions(RAW_OHLCV)] == ["2024-01-02", "2024-01-07"]
 
 
 def test_a_long_range_read_as_several_scans_keeps_every_row_in_day_order_and_names_a_torn_file(storage):

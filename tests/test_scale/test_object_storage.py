@@ -115,7 +115,9 @@ def _audit_uses_listings_and_sees_deleted_and_rewritten_objects(s3):
 
     # A foreign object whose folder name sorts among the days is not a day of ours: not listed, not summarized.
     s3._put(s3._symbol_key(RAW_OHLCV, EX, "BTC/USDT") + "/date=2024-01-02x/" + PART_FILE, b"not ours")
+    s3._put(s3._symbol_key(RAW_OHLCV, EX, "BTC/USDT") + "/date=20240102/" + PART_FILE, b"not ours")
     assert all(len(day) == 10 for day in s3.stat_days(RAW_OHLCV, EX, "BTC/USDT"))
+    assert all(f"/date={s.ref.day.isoformat()}/" in str(s.path) for s in s3.list_partitions(RAW_OHLCV))
     cold = Auditor(s3, Settings(), [RAW_OHLCV, CLEAN_BARS])
     assert closed(cold.run(tracked, NOW_MS)) == [] and cold.manifest.files_read == 4
     warm = Auditor(s3, Settings(), [RAW_OHLCV, CLEAN_BARS])

@@ -19,8 +19,8 @@ from .timeutil import parse_day
 
 SIMULATED = "simulated"
 # Kline requests in flight per fetch. At 50 ms +- 20 of latency 8 left a symbol's 44 pages about six round
-# trips long and throughput at 0.75-0.78 of the no-latency figure; 16 gives 0.84-0.96 at a few percent of
-# the no-latency figure (bench/ingest.py), and lets a distant client reach the weight budget, which still binds.
+# trips long and throughput at 0.75-0.78 of the no-latency figure; 16 halves the round trips (bench/ingest.py's
+# latency ratio), and lets a distant client reach the weight budget, which still binds.
 DEFAULT_FETCH_CONCURRENCY = 16
 ARCHIVE_DEFAULTS = {"binance": "https://data.binance.vision"}  # exchanges whose bulk kline archive we can read
 

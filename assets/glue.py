@@ -163,11 +163,14 @@ class Handoff:
         self._rows += whole.height
 
     def frame(self, layer: str, symbol: str, days: list[dt.date]) -> pl.DataFrame | None:
-        """The layer's rows of exactly `days` computed in this step, or None (then read its files: `landed`)."""
+        """The layer's rows of exactly `days` computed in this step; else None, once the files this step queued
+        for the layer have landed, so they can be read."""
         kept = self._frames.get((layer, symbol))
-        if kept is None or kept[0] != list(days) or (days[-1] - days[0]).days + 1 != len(days):
-            return None  # a layer reading a span reads every file in it: only a whole span of days stands in
-        return kept[1]
+        # A layer reading a span reads every file in it: only a whole span of days stands in.
+        if kept is not None and kept[0] == list(days) and (days[-1] - days[0]).days + 1 == len(days):
+            return kept[1]
+        self.landed(layer)
+        return None
 
     def release(self, symbol: str) -> None:
         """The symbol's frames are used up (the last layer has them): free them."""

@@ -84,7 +84,6 @@ def build_indicators(context: AssetExecutionContext, storage: Storage, ex: str, 
         first, last = days[0], days[-1]
         run_bars = handoff.frame(CLEAN_BARS, symbol, days)
         if run_bars is None:
-            handoff.landed(CLEAN_BARS)
             require(storage, CLEAN_BARS, ex, symbol, days, INDICATORS)
         gate(storage, CLEAN_BARS, ex, symbol, first - dt.timedelta(days=history_days_needed()), last, INDICATORS)
         bars = read_warmup_bars(storage, ex, symbol, first, last, run_bars)

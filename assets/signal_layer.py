@@ -64,7 +64,6 @@ def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, pla
         first, last = days[0], days[-1]
         run_ind = handoff.frame(INDICATORS, symbol, days)
         if run_ind is None:
-            handoff.landed(INDICATORS)
             require(storage, INDICATORS, ex, symbol, days, SIGNALS)
         gate(storage, INDICATORS, ex, symbol, first - ONE_DAY, last, SIGNALS)
         gate(storage, CLEAN_BARS, ex, symbol, first, last, SIGNALS)
@@ -83,13 +82,12 @@ def build_signals(context: AssetExecutionContext, storage: Storage, ex: str, pla
         add_partition_metadata(context, SIGNALS, symbol, _signal_figures(sig, days))
         all_days += days
         if book:
-            columns = ["exchange", "symbol", "interval", "timestamp", "close"]
+            reference = ["exchange", "symbol", "interval", "timestamp", "close"]
             bars = handoff.frame(CLEAN_BARS, symbol, days)
             if bars is None:
-                handoff.landed(CLEAN_BARS)
-                bars = storage.read_range(CLEAN_BARS, ex, symbol, first, last, columns=columns)
+                bars = storage.read_range(CLEAN_BARS, ex, symbol, first, last, columns=reference)
             else:
-                bars = bars.select(columns)
+                bars = bars.select(reference)
             passed, md = checks.signals_reference_bars(sig, bars)
             outcome = dict.fromkeys(days, True)
             if not passed:  # only then day by day, to tell which days fail

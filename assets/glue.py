@@ -265,8 +265,15 @@ def add_partition_metadata(context: AssetExecutionContext, layer: str, symbol: s
 
 
 def run_metadata(days: list[dt.date], **extra) -> dict:
-    """What every partition of a range run shares: which range it was computed with (not the range's totals)."""
-    return {"run_range": f"{days[0]}..{days[-1]}", "run_days": len(days), **extra} if days else dict(extra)
+    """What every partition of a range run shares: which range it was computed with (not the range's totals);
+    `days` has a day once per symbol, so a run over several symbols also says how many partitions it had."""
+    distinct = sorted(set(days))
+    if not distinct:
+        return dict(extra)
+    shared = {"run_range": f"{distinct[0]}..{distinct[-1]}", "run_days": len(distinct)}
+    if len(days) > len(distinct):
+        shared["run_partitions"] = len(days)
+    return {**shared, **extra}
 
 
 def blocking_failed(results: Iterable) -> bool:

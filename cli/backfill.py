@@ -104,9 +104,9 @@ def table_selection(defs) -> list[str]:
 def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, timeout):
     """Materialize partitions and wait: exit 0 if all succeeded, 1 if any failed, 2 on bad input.
 
-    In-process by default: one run per symbol covers its whole day range (fetched in one pass), as a backfill
-    from the UI would. By default every layer is built, raw to signals, and each run ends by rebuilding the
-    scores table. A --start before a symbol's registered start moves its start back, so `status` and the
+    In-process by default: one run covers a symbol's whole day range (fetched in one pass); symbols with the
+    same days share a run (up to 400 symbol-days), and if such a run fails each of its symbols runs again
+    alone. By default every layer is built, raw to signals, and each run ends by rebuilding the scores table. A --start before a symbol's registered start moves its start back, so `status` and the
     repair sensor cover the new days too.
 
     With --url (or DAGSTER_URL) the work is launched on that running deployment as one partition backfill, so
@@ -151,12 +151,14 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
     with ProgressDisplay(partitions * len(selection), "backfill") as display:
         outcomes = run_plan(instance, defs, selection, plan, display, tables=tables, timeout_s=timeout,
                             tags=refetch_tags)
-    failed = [o for o in outcomes if not o.success]
+    failed = [o for o in outcomes if o.counts_as_failed]
+    split = sum(1 for o in outcomes if o.split)
     summary = {
         "partitions": partitions,
         "runs": len(outcomes),
-        "succeeded_runs": len(outcomes) - len(failed),
+        "succeeded_runs": len(outcomes) - len(failed) - split,
         "failed_runs": len(failed),
+        "split_runs": split,
         "failed": [o.as_dict() for o in failed],
         "runs_detail": [o.as_dict() for o in outcomes],
     }
@@ -164,7 +166,8 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{partitions} partitions x {len(selection)} asset(s) in {len(outcomes)} run(s): "
-                   f"{len(outcomes) - len(failed)} succeeded, {len(failed)} failed")
+                   f"{summary['succeeded_runs']} succeeded, {len(failed)} failed"
+                   + (f", {split} failed over several symbols and ran again symbol by symbol" if split else ""))
         for o in failed:
             click.echo(f"FAILED {o.symbol} {o.start}..{o.end} (run {o.run_id}): {o.error}", err=True)
     sys.exit(1 if failed else 0)

@@ -6,6 +6,7 @@ imports Dagster) all read runs the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Mapping, Sequence
 
@@ -16,9 +17,56 @@ BACKFILL_TAG = "dagster/backfill"
 REFETCH_TAG = "lakehouse/refetch"  # "true": fetch every requested day again, even closed days already complete
 
 
-def range_tags(symbol: str, start: dt.date, end: dt.date) -> dict[str, str]:
-    """The tags of one range run over days start..end of one symbol, as a backfill from the UI would set them."""
-    return {RANGE_START_TAG: f"{start.isoformat()}|{symbol}", RANGE_END_TAG: f"{end.isoformat()}|{symbol}"}
+def range_tags(symbol: str, start: dt.date, end: dt.date, last_symbol: str | None = None) -> dict[str, str]:
+    """The tags of one range run over days start..end of one symbol (as a backfill from the UI would set them),
+    or of every symbol from `symbol` to `last_symbol` in the dynamic partitions' order."""
+    return {RANGE_START_TAG: f"{start.isoformat()}|{symbol}", RANGE_END_TAG: f"{end.isoformat()}|{last_symbol or symbol}"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunGroup:
+    """One range run: the same days of symbols that are neighbours in the dynamic partitions' order."""
+
+    symbols: tuple[str, ...]
+    start: dt.date
+    end: dt.date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    @property
+    def label(self) -> str:
+        """The symbol, or 'FIRST..LAST' for several (as describe_partitions says it)."""
+        return self.symbols[0] if len(self.symbols) == 1 else f"{self.symbols[0]}..{self.symbols[-1]}"
+
+    def tags(self) -> dict[str, str]:
+        return range_tags(self.symbols[0], self.start, self.end, self.symbols[-1])
+
+
+def group_runs(ranges: Mapping[str, Sequence[tuple[dt.date, dt.date]]], symbol_order: Sequence[str],
+               max_partitions: int) -> list[RunGroup]:
+    """Put each symbol's day ranges into as few range runs as a run's rectangle allows.
+
+    Dagster's range run covers every symbol between its two corner symbols in `symbol_order`, so only
+    neighbours in that order with the very same days share a run, and at most `max_partitions` symbol-days
+    (at least one symbol) each. Symbols not in the order run alone. Runs come in the symbols' order.
+    """
+    position = {s: i for i, s in enumerate(symbol_order)}
+    groups: list[RunGroup] = []
+    open_by_range: dict[tuple[dt.date, dt.date], int] = {}  # the range's group that a next neighbour may join
+    for symbol in sorted(ranges, key=lambda s: (position.get(s, len(position)), s)):
+        for start, end in ranges[symbol]:
+            at = open_by_range.get((start, end))
+            if at is not None:
+                group = groups[at]
+                neighbour = symbol in position and position.get(group.symbols[-1]) == position[symbol] - 1
+                if neighbour and (len(group.symbols) + 1) * group.days <= max_partitions:
+                    groups[at] = dataclasses.replace(group, symbols=(*group.symbols, symbol))
+                    continue
+            groups.append(RunGroup((symbol,), start, end))
+            open_by_range[(start, end)] = len(groups) - 1 if symbol in position else None
+    return groups
 
 
 def split_key(key: str) -> tuple[str, str]:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 from assets.partitions import SYMBOLS_PARTITION
 from cli.main import cli
@@ -81,12 +81,25 @@ def test_backfill_usage_errors_exit_2_and_write_nothing(run, tmp_path, args, mes
     assert not (tmp_path / "lake" / "raw_ohlcv").exists()
 
 
+def materialized(asset: str = "raw_ohlcv") -> list[str]:
+    return sorted(DagsterInstance.get().get_materialized_partitions(AssetKey(asset)))
+
+
 def test_backfill_succeeds_with_progress_and_summary(run):
     run("symbols", "add", "BTC/USDT", "ETH/USDT", "--start", "2024-01-01")
     result = run("backfill", "--start", "2024-01-01", "--end", "2024-01-03", "--assets", "raw_ohlcv")
     assert result.exit_code == 0, result.output
     assert "backfill: 6/6 done (0 failed)" in result.output
-    assert result.output.splitlines()[-1] == "6 partitions x 1 asset(s) in 2 run(s): 2 succeeded, 0 failed"
+    # Both symbols have the same days: one run covers them, and each partition is still its own in Dagster.
+    assert result.output.splitlines()[-1] == "6 partitions x 1 asset(s) in 1 run(s): 1 succeeded, 0 failed"
+    assert materialized() == [f"2024-01-0{d}|{s}" for d in (1, 2, 3) for s in ("BTC/USDT", "ETH/USDT")]
+    [run_record] = DagsterInstance.get().get_run_records()
+    assert (run_record.dagster_run.tags["dagster/asset_partition_range_start"],
+            run_record.dagster_run.tags["dagster/asset_partition_range_end"]) == (
+        "2024-01-01|BTC/USDT", "2024-01-03|ETH/USDT")
+    event = DagsterInstance.get().get_latest_materialization_event(AssetKey("raw_ohlcv"))
+    assert (event.asset_materialization.metadata["run_days"].value,
+            event.asset_materialization.metadata["run_partitions"].value) == (3, 6)
     out = run("query", "select symbol, count(*) as n from raw_ohlcv group by 1 order by 1", "--format", "csv")
     assert out.output == "symbol,n\nBTC/USDT,4320\nETH/USDT,4320\n"
 
@@ -97,10 +110,16 @@ def test_backfill_failure_exits_1_naming_what_failed(run):
     result = run("backfill", "--start", "2024-01-01", "--end", "2024-01-02", "--assets", "raw_ohlcv", "--json")
     assert result.exit_code == 1
     summary = json.loads(result.output[result.output.index("{"):])
-    assert (summary["succeeded_runs"], summary["failed_runs"]) == (1, 1)
+    # The two symbols shared a run, which failed; each then ran alone, so only the bad one fails.
+    assert "run over BTC/USDT..NOPE/USDT 2024-01-01..2024-01-02 failed" in result.output
+    assert [(r["symbols"], r["success"], r["split"]) for r in summary["runs_detail"]] == [
+        (["BTC/USDT", "NOPE/USDT"], False, True), (["BTC/USDT"], True, False), (["NOPE/USDT"], False, False)]
+    assert (summary["succeeded_runs"], summary["failed_runs"], summary["split_runs"]) == (1, 1, 1)
     failed = summary["failed"][0]
     assert (failed["symbol"], failed["start"], failed["end"]) == ("NOPE/USDT", "2024-01-01", "2024-01-02")
     assert "does not list NOPE/USDT" in failed["error"]
+    assert materialized() == ["2024-01-01|BTC/USDT", "2024-01-02|BTC/USDT"]
+    assert "backfill: 4/4 done (2 failed)" in result.output  # each partition counted once
 
 
 def test_query_formats_and_bad_sql(run):

@@ -45,3 +45,37 @@ def test_default_backfill_builds_every_layer_and_the_scores(tmp_path, monkeypatc
         checked = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey("clean_bars"), "ohlc_sanity"))
         assert checked is not None and checked.event.dagster_event.event_specific_data.passed
         assert instance.get_latest_asset_check_evaluation_record(SYMBOL_FRESHNESS_CHECK_KEY) is None
+
+
+def test_symbols_sharing_a_run_get_the_same_files_as_each_alone(tmp_path, monkeypatch):
+    import polars as pl
+    from dagster import AssetKey, DagsterInstance
+
+    def lakehouse(name: str, *backfills: list[str]):
+        monkeypatch.setenv("LAKEHOUSE_ROOT", str(tmp_path / name / "lake"))
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / name / "home"))
+        (tmp_path / name / "home").mkdir(parents=True)
+        assert invoke("symbols", "add", "BTC/USDT", "ETH/USDT", "SOL/USDT", "--start", "2024-03-01").exit_code == 0
+        lines = []
+        for args in backfills:
+            result = invoke("backfill", "--start", "2024-03-01", "--end", "2024-03-03", *args)
+            assert result.exit_code == 0, result.output
+            lines.append(result.output.splitlines()[-1])
+        with DagsterInstance.get() as instance:
+            statuses = {a: sorted(instance.get_materialized_partitions(AssetKey(a)))
+                        for a in ("raw_ohlcv", "clean_bars", "rejected_candles", "indicators", "signals")}
+        return tmp_path / name / "lake", lines, statuses
+
+    together, lines, statuses = lakehouse("together", [])
+    assert lines == ["9 partitions x 5 asset(s) in 1 run(s): 1 succeeded, 0 failed"]
+    alone, _, statuses_alone = lakehouse("alone", *[["--symbols", s] for s in ("BTC/USDT", "ETH/USDT", "SOL/USDT")])
+    assert statuses == statuses_alone and len(statuses["signals"]) == 9
+
+    files = sorted(p.relative_to(together) for p in together.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(alone) for p in alone.rglob("*.parquet"))
+    assert {p.parts[0] for p in files} == {"raw_ohlcv", "clean_bars", "rejected_candles", "indicators", "signals",
+                                           "scores"}
+    for path in files:
+        a, b = (pl.read_parquet(root / path) for root in (together, alone))
+        stamps = [c for c in a.columns if c.endswith("_at")]  # when it was fetched or computed
+        assert a.drop(stamps).equals(b.drop(stamps)), path

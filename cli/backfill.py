@@ -142,7 +142,7 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
                         as_json=as_json, echo=echo, tags=refetch_tags)
         return
     from .progress import ProgressDisplay
-    from .runner import exit_on_signals, run_plan
+    from .runner import exit_on_signals, run_counts, run_plan, runs_text
 
     exit_on_signals()
     instance = get_instance()
@@ -152,22 +152,17 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
         outcomes = run_plan(instance, defs, selection, plan, display, tables=tables, timeout_s=timeout,
                             tags=refetch_tags)
     failed = [o for o in outcomes if o.counts_as_failed]
-    split = sum(1 for o in outcomes if o.split)
+    counts = run_counts(outcomes)
     summary = {
         "partitions": partitions,
-        "runs": len(outcomes),
-        "succeeded_runs": len(outcomes) - len(failed) - split,
-        "failed_runs": len(failed),
-        "split_runs": split,
+        **counts,
         "failed": [o.as_dict() for o in failed],
         "runs_detail": [o.as_dict() for o in outcomes],
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(f"{partitions} partitions x {len(selection)} asset(s) in {len(outcomes)} run(s): "
-                   f"{summary['succeeded_runs']} succeeded, {len(failed)} failed"
-                   + (f", {split} failed over several symbols and ran again symbol by symbol" if split else ""))
+        click.echo(f"{partitions} partitions x {len(selection)} asset(s) in {runs_text(counts)}")
         for o in failed:
             click.echo(f"FAILED {o.symbol} {o.start}..{o.end} (run {o.run_id}): {o.error}", err=True)
     sys.exit(1 if failed else 0)

@@ -53,7 +53,7 @@ def plan_repair(layers=None) -> tuple[object, object, Audit]:
 
 def plan_batches(defs, audit: Audit, requests: list[RepairRequest], launched_by: str) -> list[tuple[list[str], dict, dict]]:
     """Each planned request as (asset keys, {symbol: days}, tags): the one translation of the plan into work, used
-    by in-process repair (one run each) and remote repair (backfills on a deployment)."""
+    by in-process repair and remote repair (backfills on a deployment), both through merged_batches."""
     from sensors.repair import request_tags, selection_for
 
     asset_graph = defs.get_repository_def().asset_graph
@@ -65,20 +65,39 @@ def plan_batches(defs, audit: Audit, requests: list[RepairRequest], launched_by:
     return out
 
 
-def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None,
-                 timeout_s: float | None = None) -> list:
-    """Run each planned request in-process and synchronously, in order; returns cli.runner.RangeOutcome's."""
+def merged_batches(batches) -> list[tuple[list[str], dict, dict]]:
+    """plan_batches' batches merged into one per distinct selection and action, in the plan's order: (asset keys,
+    {symbol: days}, tags naming each symbol's reasons). Symbols with the same days then share a run."""
     from lakehouse.run_tags import RANGE_END_TAG, RANGE_START_TAG
 
+    merged: dict[tuple, tuple] = {}
+    for keys, days, tags in batches:
+        _, plan, reasons, first = merged.setdefault((tuple(keys), tags["lakehouse/repair"]), (keys, {}, {}, tags))
+        for symbol, ds in days.items():
+            plan[symbol] = sorted(set(plan.get(symbol, [])) | set(ds))
+            reasons.setdefault(symbol, []).append(tags["lakehouse/reasons"])
+    out = []
+    for keys, plan, reasons, first in merged.values():
+        tags = {k: v for k, v in first.items() if k not in (RANGE_START_TAG, RANGE_END_TAG, "lakehouse/symbol")}
+        if len(plan) == 1:
+            tags.update({"lakehouse/symbol": next(iter(plan)), "lakehouse/reasons": "; ".join(*reasons.values())})
+        else:
+            tags["lakehouse/reasons"] = "; ".join(f"{s}: {'; '.join(r)}" for s, r in reasons.items())[:250]
+        out.append((keys, plan, tags))
+    return out
+
+
+def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None,
+                 timeout_s: float | None = None) -> list:
+    """Run the plan in-process and synchronously, requests with the same layers and action together (symbols
+    with the same days then share a run, as in `backfill`); returns cli.runner.RangeOutcome's."""
     from .runner import Guard, run_plan
 
     audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
-    batches = plan_batches(defs, audit, requests, "lakehouse repair")
     outcomes = []
     with Guard(instance, "repair", timeout_s, display) as guard:  # one deadline and one Ctrl-C for the plan
-        for keys, days, tags in batches:
-            tags = {k: v for k, v in tags.items() if k not in (RANGE_START_TAG, RANGE_END_TAG)}
-            outcomes += run_plan(instance, defs, keys, days, display, tags=tags, guard=guard)
+        for keys, plan, tags in merged_batches(plan_batches(defs, audit, requests, "lakehouse repair")):
+            outcomes += run_plan(instance, defs, keys, plan, display, tags=tags, guard=guard)
     return outcomes
 
 
@@ -87,18 +106,11 @@ def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[
     partition that needs it. Returns the backfill ids."""
     from .remote import call, partition_name
 
-    groups: dict[tuple[str, ...], dict] = {}
-    for keys, days, tags in plan_batches(defs, audit, requests, "lakehouse repair --url"):
-        group = groups.setdefault(tuple(keys), {"partitions": [], "actions": set(), "reasons": []})
-        group["partitions"] += [partition_name(symbol, day) for symbol, ds in days.items() for day in ds]
-        group["actions"].add(tags["lakehouse/repair"])
-        group["reasons"].append(f"{tags['lakehouse/symbol']}: {tags['lakehouse/reasons']}")
     ids = []
-    for keys, group in groups.items():
-        tags = {"lakehouse/launched_by": "lakehouse repair --url", "lakehouse/repair": ",".join(sorted(group["actions"])),
-                "lakehouse/reasons": "; ".join(group["reasons"])[:250], "lakehouse/audit": audit.summary()[:250]}
-        ids.append(call(api.launch_backfill, list(keys), group["partitions"], tags=tags,
-                        title=f"lakehouse repair: {len(group['partitions'])} partition(s)"))
+    for keys, plan, tags in merged_batches(plan_batches(defs, audit, requests, "lakehouse repair --url")):
+        partitions = [partition_name(symbol, day) for symbol, ds in plan.items() for day in ds]
+        ids.append(call(api.launch_backfill, list(keys), partitions, tags=tags,
+                        title=f"lakehouse repair: {len(partitions)} partition(s)"))
     # Only now: a launch the deployment refused must not count as an attempt in the audit's ledger.
     audit.commit(requests)
     return ids
@@ -172,7 +184,7 @@ def repair(dry_run, as_json, url, wait, timeout):
         lakehouse repair --url http://127.0.0.1:3000 --timeout 30m
     """
     from .progress import ProgressDisplay
-    from .runner import exit_on_signals
+    from .runner import exit_on_signals, run_counts, runs_text
 
     check_local_flags(url, wait, timeout)
     if not url:
@@ -202,12 +214,14 @@ def repair(dry_run, as_json, url, wait, timeout):
     total = sum(r.days * len(r.layers) for r in plan)
     with ProgressDisplay(total, "repair") as display:
         outcomes = execute_plan(instance, defs, audit, plan, display, timeout_s=timeout)
-    failed = [o for o in outcomes if o.counts_as_failed]  # repair runs one symbol a run: none is split
-    doc.update(runs=[o.as_dict() for o in outcomes], failed_runs=len(failed), succeeded=not failed)
+    failed = [o for o in outcomes if o.counts_as_failed]
+    counts = run_counts(outcomes)
+    doc.update(runs=[o.as_dict() for o in outcomes], failed_runs=counts["failed_runs"],
+               split_runs=counts["split_runs"], succeeded=not failed)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
-        click.echo(f"{len(outcomes)} run(s): {len(outcomes) - len(failed)} succeeded, {len(failed)} failed")
+        click.echo(runs_text(counts))
         for o in failed:
             click.echo(f"FAILED {o.symbol} {o.start}..{o.end} (run {o.run_id}): {o.error}", err=True)
     sys.exit(1 if failed else 0)

@@ -63,6 +63,21 @@ class RangeOutcome:
                 "split": self.split}
 
 
+def run_counts(outcomes: list[RangeOutcome]) -> dict:
+    """How a command's runs ended; a split run's symbols count in their own runs, not as a failure."""
+    failed = sum(1 for o in outcomes if o.counts_as_failed)
+    split = sum(1 for o in outcomes if o.split)
+    return {"runs": len(outcomes), "succeeded_runs": len(outcomes) - failed - split, "failed_runs": failed,
+            "split_runs": split}
+
+
+def runs_text(counts: dict) -> str:
+    """'3 run(s): 1 succeeded, 1 failed, 1 failed over several symbols and ran again symbol by symbol'."""
+    text = f"{counts['runs']} run(s): {counts['succeeded_runs']} succeeded, {counts['failed_runs']} failed"
+    return text + (f", {counts['split_runs']} failed over several symbols and ran again symbol by symbol"
+                   if counts["split_runs"] else "")
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

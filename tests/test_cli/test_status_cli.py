@@ -74,8 +74,13 @@ def test_repair_runs_the_plan_then_status_shows_a_complete_fresh_lakehouse(run, 
     result = run("repair", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert (doc["succeeded"], doc["failed_runs"], [(r["symbol"], r["days"]) for r in doc["runs"]]) == (
-        True, 0, [("BTC/USDT", 3), ("ETH/USDT", 3)])
+    # Both symbols need the same days with the same layers: one run repairs them.
+    assert (doc["succeeded"], doc["failed_runs"], [(r["symbols"], r["days"]) for r in doc["runs"]]) == (
+        True, 0, [(["BTC/USDT", "ETH/USDT"], 3)])
+    [record] = DagsterInstance.get().get_run_records()
+    tags = record.dagster_run.tags
+    assert (tags["lakehouse/repair"], tags["lakehouse/reasons"], "lakehouse/symbol" in tags) == (
+        "refetch", "BTC/USDT: 3 missing; ETH/USDT: 3 missing", False)
     again = run("repair")
     assert again.exit_code == 0
     assert again.output.startswith("nothing to repair: 0 missing, 0 incomplete, 0 stale, 0 invalid, 0 outdated;")
@@ -136,6 +141,7 @@ def test_repair_exits_1_and_names_what_failed(run, tmp_path):
     track(tmp_path, "BTC/USDT", "NOPE/USDT", start=dt.date(2024, 3, 10))  # the exchange does not list NOPE
     result = run("repair")
     assert result.exit_code == 1
-    assert "2 run(s): 1 succeeded, 1 failed" in result.output
+    # They shared a run, which failed; each then ran alone, so only the bad one fails.
+    assert "3 run(s): 1 succeeded, 1 failed, 1 failed over several symbols and ran again symbol by symbol" in result.output
     assert "FAILED NOPE/USDT 2024-03-10..2024-03-10" in result.output
     assert "does not list NOPE/USDT" in result.output

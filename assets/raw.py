@@ -70,21 +70,27 @@ def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakeho
     try:
         keep = _resume_filter(context, storage, client.id)
         refetch = _refetch(context)
-        for symbol, days in days_by_symbol(context.partition_keys).items():
-            context.log.info(f"fetching {symbol} {days[0]}..{days[-1]} ({len(days)} days) from {client.id}")
-            try:
+        plan = days_by_symbol(context.partition_keys)
+        try:
+            # Every symbol first: in a run over several, one the exchange does not list fails the run before
+            # any other symbol's file is written (a failed step records no partition, so those files would
+            # stand without a materialization).
+            for symbol in plan:
+                client.check_symbol(symbol)
+            for symbol, days in plan.items():
+                context.log.info(f"fetching {symbol} {days[0]}..{days[-1]} ({len(days)} days) from {client.id}")
                 report = ingest_days(client, storage, symbol, days, keep=(lambda d, s=symbol: keep(s, d)) if keep else None,
                                      refetch=refetch)
-            except (UnknownSymbolError, UserInputError) as exc:
-                # Retrying cannot make an exchange list a symbol: fail now, skip the retry policy.
-                raise Failure(description=str(exc), allow_retries=False) from exc
-            reports.append(report)
-            kept = sum(1 for d in report.days if d.skipped)
-            context.log.info(
-                f"{symbol}: {report.candles}/{report.expected} candles ({kept} closed day(s) already complete, kept), "
-                f"{report.requests} requests, "
-                f"{report.rate_limited} x 429 in {report.duration_s:.1f}s"
-            )
+                reports.append(report)
+                kept = sum(1 for d in report.days if d.skipped)
+                context.log.info(
+                    f"{symbol}: {report.candles}/{report.expected} candles ({kept} closed day(s) already complete, kept), "
+                    f"{report.requests} requests, "
+                    f"{report.rate_limited} x 429 in {report.duration_s:.1f}s"
+                )
+        except (UnknownSymbolError, UserInputError) as exc:
+            # Retrying cannot make an exchange list a symbol: fail now, skip the retry policy.
+            raise Failure(description=str(exc), allow_retries=False) from exc
     finally:
         client.close()
 

@@ -1,8 +1,8 @@
 """`lakehouse gaps` and `repair`: thin click commands over the audit (lakehouse.audit, lakehouse.status); `status`
 is in cli/status.py.
 
-Planning and execution are separate steps: `plan_repair`, then `plan_batches` turns the plan into work, which
-`execute_plan` runs in-process and `launch_plan` launches on a deployment (`lakehouse repair --url`).
+Planning and execution are separate steps: `plan_repair`, then `execute_plan` runs the plan in-process (as the
+repair sensor groups it into runs) or `launch_plan` launches it on a deployment (`lakehouse repair --url`).
 """
 
 from __future__ import annotations
@@ -51,65 +51,49 @@ def plan_repair(layers=None) -> tuple[object, object, Audit]:
     return _audit(layers)
 
 
-def plan_batches(defs, audit: Audit, requests: list[RepairRequest], launched_by: str) -> list[tuple[list[str], dict, dict]]:
-    """Each planned request as (asset keys, {symbol: days}, tags): the one translation of the plan into work, used
-    by in-process repair and remote repair (backfills on a deployment), both through merged_batches."""
-    from sensors.repair import request_tags, selection_for
-
-    asset_graph = defs.get_repository_def().asset_graph
-    out = []
-    for r in requests:
-        keys, _checks = selection_for(r, asset_graph)
-        out.append(([k.to_user_string() for k in keys], {r.symbol: r.day_list()},
-                     request_tags(r, audit.summary(), launched_by)))
-    return out
-
-
-def merged_batches(batches) -> list[tuple[list[str], dict, dict]]:
-    """plan_batches' batches merged into one per distinct selection and action, in the plan's order: (asset keys,
-    {symbol: days}, tags naming each symbol's reasons). Symbols with the same days then share a run."""
-    from lakehouse.run_tags import RANGE_END_TAG, RANGE_START_TAG
-
-    merged: dict[tuple, tuple] = {}
-    for keys, days, tags in batches:
-        _, plan, reasons, first = merged.setdefault((tuple(keys), tags["lakehouse/repair"]), (keys, {}, {}, tags))
-        for symbol, ds in days.items():
-            plan[symbol] = sorted(set(plan.get(symbol, [])) | set(ds))
-            reasons.setdefault(symbol, []).append(tags["lakehouse/reasons"])
-    out = []
-    for keys, plan, reasons, first in merged.values():
-        tags = {k: v for k, v in first.items() if k not in (RANGE_START_TAG, RANGE_END_TAG, "lakehouse/symbol")}
-        if len(plan) == 1:
-            tags.update({"lakehouse/symbol": next(iter(plan)), "lakehouse/reasons": "; ".join(*reasons.values())})
-        else:
-            tags["lakehouse/reasons"] = "; ".join(f"{s}: {'; '.join(r)}" for s, r in reasons.items())[:250]
-        out.append((keys, plan, tags))
-    return out
-
-
 def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], display=None,
                  timeout_s: float | None = None) -> list:
-    """Run the plan in-process and synchronously, requests with the same layers and action together (symbols
-    with the same days then share a run, as in `backfill`); returns cli.runner.RangeOutcome's."""
+    """Run the plan in-process and synchronously, grouped into range runs as the repair sensor groups it (symbols
+    needing the same days and layers share a run; a failed shared run is split by run_plan); returns
+    cli.runner.RangeOutcome's."""
+    from assets.partitions import SYMBOLS_PARTITION
+    from lakehouse.run_tags import RANGE_END_TAG, RANGE_START_TAG
+    from sensors.repair import group_tags, request_groups, selection_for
+
     from .runner import Guard, run_plan
 
     audit.commit(requests)  # so a refetch that returns the same gaps counts towards confirming them
+    asset_graph = defs.get_repository_def().asset_graph
     outcomes = []
     with Guard(instance, "repair", timeout_s, display) as guard:  # one deadline and one Ctrl-C for the plan
-        for keys, plan, tags in merged_batches(plan_batches(defs, audit, requests, "lakehouse repair")):
-            outcomes += run_plan(instance, defs, keys, plan, display, tags=tags, guard=guard)
+        for group, group_requests in request_groups(requests, instance.get_dynamic_partitions(SYMBOLS_PARTITION)):
+            keys, _checks = selection_for(group_requests[0], asset_graph)
+            tags = {k: v for k, v in group_tags(group, group_requests, audit.summary(), "lakehouse repair").items()
+                    if k not in (RANGE_START_TAG, RANGE_END_TAG)}  # run_plan sets the range
+            days = {symbol: group_requests[0].day_list() for symbol in group.symbols}
+            outcomes += run_plan(instance, defs, [k.to_user_string() for k in keys], days, display, tags=tags,
+                                 guard=guard)
     return outcomes
 
 
 def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[str]:
-    """Launch the plan on a deployment: one backfill per distinct asset selection (usually one), each with every
-    partition that needs it. Returns the backfill ids."""
+    """Launch the plan on a deployment: one backfill per distinct action and asset selection (usually one), each
+    with every partition that needs it. Returns the backfill ids."""
+    from sensors.repair import reasons_tag, selection_for
+
     from .remote import call, partition_name
 
+    asset_graph = defs.get_repository_def().asset_graph
+    buckets: dict[tuple, list[RepairRequest]] = {}
+    for r in requests:
+        buckets.setdefault((r.action, r.layers), []).append(r)
     ids = []
-    for keys, plan, tags in merged_batches(plan_batches(defs, audit, requests, "lakehouse repair --url")):
-        partitions = [partition_name(symbol, day) for symbol, ds in plan.items() for day in ds]
-        ids.append(call(api.launch_backfill, list(keys), partitions, tags=tags,
+    for (action, _layers), bucket in buckets.items():
+        keys, _checks = selection_for(bucket[0], asset_graph)
+        partitions = [partition_name(r.symbol, day) for r in bucket for day in r.day_list()]
+        tags = {"lakehouse/launched_by": "lakehouse repair --url", "lakehouse/repair": action,
+                "lakehouse/reasons": reasons_tag(bucket), "lakehouse/audit": audit.summary()[:250]}
+        ids.append(call(api.launch_backfill, [k.to_user_string() for k in keys], partitions, tags=tags,
                         title=f"lakehouse repair: {len(partitions)} partition(s)"))
     # Only now: a launch the deployment refused must not count as an attempt in the audit's ledger.
     audit.commit(requests)

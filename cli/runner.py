@@ -33,10 +33,6 @@ EXIT_TIMEOUT = 3
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 POLL_S = 0.2  # how soon a signal or the end of a run is noticed
 WAIT_CHECK_S = 1.0  # how often the pool is read while a run may be waiting for it
-# Symbols with the same days share a run: each run costs Dagster ~0.2-0.9 s before any work (5 symbols x 30
-# days, raw..scores: 7.0 -> 5.9-6.6 s; 9 symbols x 2 days: 6.0-6.6 -> 3.3-4.2 s, bench/compare.py). The bound
-# keeps long ranges one symbol a run (a symbol-year is 366), so a failure and its retry stay small.
-MAX_RUN_PARTITIONS = 400
 
 
 @dataclasses.dataclass
@@ -346,7 +342,7 @@ def run_plan(instance, defs, selection, plan: dict[str, list[dt.date]], display=
 
     ranges = {symbol: contiguous_ranges(days) for symbol, days in plan.items()}
     order = instance.get_dynamic_partitions(SYMBOLS_PARTITION) if len(ranges) > 1 else []
-    pending = collections.deque((group, set()) for group in group_runs(ranges, order, MAX_RUN_PARTITIONS))
+    pending = collections.deque((group, set()) for group in group_runs(ranges, order))
     with progress.subscribe(on_event):
         while pending:
             group, seen[0] = pending.popleft()

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
 REFETCH_TAG = "lakehouse/refetch"  # "true": fetch every requested day again, even closed days already complete
+# Symbols with the same days share a run: each run costs Dagster ~0.2-0.9 s in-process (3.6 s median when the
+# daemon launches it) before any work (5 symbols x 30 days, raw..scores: 7.0 -> 5.9-6.6 s; 9 symbols x 2 days:
+# 6.0-6.6 -> 3.3-4.2 s, bench/compare.py). The bound keeps long ranges one symbol a run (a symbol-year is 366
+# days), so a failure and its retry stay small.
+MAX_RUN_PARTITIONS = 400
 
 
 def range_tags(symbol: str, start: dt.date, end: dt.date, last_symbol: str | None = None) -> dict[str, str]:
@@ -45,17 +50,18 @@ class RunGroup:
 
 
 def group_runs(ranges: Mapping[str, Sequence[tuple[dt.date, dt.date]]], symbol_order: Sequence[str],
-               max_partitions: int) -> list[RunGroup]:
+               max_partitions: int = MAX_RUN_PARTITIONS, alone: Collection[str] = ()) -> list[RunGroup]:
     """Put each symbol's day ranges into as few range runs as a run's rectangle allows.
 
     Dagster's range run covers every symbol between its two corner symbols in `symbol_order`, so only
     neighbours in that order with the very same days share a run, and at most `max_partitions` symbol-days
-    (at least one symbol) each. Symbols not in the order run alone. Runs come in the symbols' order.
+    (at least one symbol) each. Symbols not in the order, or in `alone`, run alone. Runs come in the symbols'
+    order.
     """
-    position = {s: i for i, s in enumerate(symbol_order)}
+    position = {s: i for i, s in enumerate(symbol_order) if s not in alone}
     groups: list[RunGroup] = []
     open_by_range: dict[tuple[dt.date, dt.date], int] = {}  # the range's group that a next neighbour may join
-    for symbol in sorted(ranges, key=lambda s: (position.get(s, len(position)), s)):
+    for symbol in sorted(ranges, key=lambda s: (position.get(s, len(symbol_order)), s)):
         for start, end in ranges[symbol]:
             at = open_by_range.get((start, end))
             if at is not None:

@@ -9,7 +9,7 @@ SkipReason or in each run's tags.
 import hashlib
 import json
 import time
-from typing import Sequence
+from typing import Collection, Sequence
 
 from dagster import (
     AssetCheckKey,
@@ -36,12 +36,12 @@ from assets.instance_audit import (  # noqa: F401
     partitioned_keys,
     tracked_symbols,
 )
-from assets.partitions import symbol_day_partitions
+from assets.partitions import SYMBOLS_PARTITION, symbol_day_partitions
 from assets.run_guard import reap
 from assets.symbol_freshness import freshness_evaluation
 from lakehouse.audit import Audit, RepairRequest
 from lakehouse.config import Settings
-from lakehouse.run_tags import range_tags
+from lakehouse.run_tags import RunGroup, group_runs
 from lakehouse.schema import RAW_OHLCV
 from resources import ExchangeResource, LakehouseResource
 from sensors.cursor import load_cursor
@@ -71,22 +71,50 @@ def selection_for(request: RepairRequest, asset_graph) -> tuple[list[AssetKey], 
     return keys, sorted(checks, key=lambda c: (c.asset_key.to_user_string(), c.name))
 
 
-def request_tags(request: RepairRequest, summary: str, launched_by: str) -> dict[str, str]:
-    return {
-        **range_tags(request.symbol, request.start, request.end),
+def reasons_tag(requests: Sequence[RepairRequest]) -> str:
+    """Why these requests' partitions need work: '3 missing' for one symbol, 'A: 3 missing; B: 1 stale' for several."""
+    if len({r.symbol for r in requests}) == 1:
+        return "; ".join(r.reasons_text for r in requests)
+    return "; ".join(f"{r.symbol}: {r.reasons_text}" for r in requests)[:250]
+
+
+def request_groups(requests: Sequence[RepairRequest], symbol_order: Sequence[str],
+                   alone: Collection[str] = ()) -> list[tuple[RunGroup, list[RepairRequest]]]:
+    """The plan as range runs, in its order: requests with the same action and layers whose symbols are
+    neighbours with the same days share a run (group_runs). Symbols in `alone` (say, whose last run failed)
+    run alone, so a bad symbol fails its neighbours' run at most once."""
+    buckets: dict[tuple, list[RepairRequest]] = {}
+    for r in requests:
+        buckets.setdefault((r.action, r.layers), []).append(r)
+    out = []
+    for bucket in buckets.values():
+        by_range = {(r.symbol, r.start, r.end): r for r in bucket}
+        ranges: dict[str, list] = {}
+        for r in bucket:
+            ranges.setdefault(r.symbol, []).append((r.start, r.end))
+        for group in group_runs(ranges, symbol_order, alone=alone):
+            out.append((group, [by_range[(s, group.start, group.end)] for s in group.symbols]))
+    return out
+
+
+def group_tags(group: RunGroup, requests: Sequence[RepairRequest], summary: str, launched_by: str) -> dict[str, str]:
+    tags = {
+        **group.tags(),
         "lakehouse/launched_by": launched_by,
-        "lakehouse/symbol": request.symbol,
-        "lakehouse/repair": request.action,
-        "lakehouse/reasons": request.reasons_text,
+        "lakehouse/repair": requests[0].action,
+        "lakehouse/reasons": reasons_tag(requests),
         "lakehouse/audit": summary[:250],
     }
+    if len(group.symbols) == 1:
+        tags["lakehouse/symbol"] = group.symbols[0]
+    return tags
 
 
-def run_requests(audit: Audit, requests: Sequence[RepairRequest], asset_graph) -> list[RunRequest]:
+def run_requests(audit: Audit, groups: Sequence[tuple[RunGroup, list[RepairRequest]]], asset_graph) -> list[RunRequest]:
     out = []
-    for r in requests:
-        keys, checks = selection_for(r, asset_graph)
-        out.append(RunRequest(tags=request_tags(r, audit.summary(), REPAIR_SENSOR_NAME),
+    for group, requests in groups:
+        keys, checks = selection_for(requests[0], asset_graph)
+        out.append(RunRequest(tags=group_tags(group, requests, audit.summary(), REPAIR_SENSOR_NAME),
                               asset_selection=keys, asset_check_keys=checks))
     return out
 
@@ -123,12 +151,16 @@ def build_repair_sensor(
         settings = Settings.from_env()
         asset_graph = context.repository_def.asset_graph
         audit, _ = audit_now(context.instance, lakehouse, exchange, asset_graph, settings, read_budget_s=READ_BUDGET_S)
-        requests = audit.plan[: settings.repair_max_runs]
+        order = context.instance.get_dynamic_partitions(SYMBOLS_PARTITION)
+        failed_last = {s for s, run in last_runs_by_symbol(context.instance).items() if run["status"] == "FAILURE"}
+        groups = request_groups(audit.plan, order, alone=failed_last)
+        deferred = sum(len(reqs) for _, reqs in groups[settings.repair_max_runs:])
+        groups = groups[: settings.repair_max_runs]
+        requests = [r for _, reqs in groups for r in reqs]
         audit.commit(requests)
         cursor = load_cursor(context.cursor)
         _report_freshness(context, audit, asset_graph, cursor)
         summary = audit.summary()
-        deferred = len(audit.plan) - len(requests)
         elapsed = time.perf_counter() - started
         cursor.update(ticks=cursor.get("ticks", 0) + 1, last=summary, audit_s=round(elapsed, 3))
         for note in audit.notes:
@@ -140,9 +172,9 @@ def build_repair_sensor(
                 return SensorResult(run_requests=tables, cursor=json.dumps(cursor))
             return SensorResult(skip_reason=SkipReason(f"nothing to request: {summary}; audit took {elapsed:.2f}s"),
                                 cursor=json.dumps(cursor))
-        context.log.info(f"requesting {len(requests)} run(s)"
+        context.log.info(f"requesting {len(groups)} run(s) for {len(requests)} symbol range(s)"
                          + (f", {deferred} more next tick" if deferred else "") + f": {summary}")
-        return SensorResult(run_requests=run_requests(audit, requests, asset_graph), cursor=json.dumps(cursor))
+        return SensorResult(run_requests=run_requests(audit, groups, asset_graph), cursor=json.dumps(cursor))
 
     return _repair
 

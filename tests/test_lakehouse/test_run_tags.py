@@ -59,3 +59,9 @@ def test_a_run_holds_at_most_max_partitions_and_always_one_symbol():
     ranges = {s: [(D1, D3)] for s in ORDER}
     assert [g.symbols for g in group_runs(ranges, ORDER, 6)] == [("AAA/USDT", "BBB/USDT"), ("CCC/USDT", "DDD/USDT")]
     assert [g.symbols for g in group_runs(ranges, ORDER, 2)] == [(s,) for s in ORDER]
+
+
+def test_a_symbol_asked_to_run_alone_neither_joins_nor_bridges_its_neighbours():
+    ranges = {s: [(D1, D3)] for s in ORDER}
+    assert [g.symbols for g in group_runs(ranges, ORDER, alone={"BBB/USDT"})] == [
+        ("AAA/USDT",), ("CCC/USDT", "DDD/USDT"), ("BBB/USDT",)]

@@ -27,6 +27,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.freshness import FreshnessDaemon
 
+from assets.partitions import SYMBOLS_PARTITION
 from assets.raw import raw_ohlcv
 from assets.symbol_freshness import symbol_freshness
 from cli.main import cli
@@ -34,6 +35,7 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 from lakehouse.notify import DeliveryLog, redact
 from lakehouse.registry import Registry, TrackedSymbol
+from lakehouse.run_tags import covered_partitions, range_tags
 from lakehouse.storage import Storage
 from resources import LakehouseResource, SimulatedExchangeResource
 from sensors.notify import notify_freshness, notify_run_failure
@@ -138,10 +140,16 @@ class Lakehouse:
                            sensors=[build_repair_sensor([raw_ohlcv])], resources=resources)
         ctx = build_sensor_context(instance=self.instance, definitions=defs, resources=resources, cursor=cursor)
         result = defs.get_repository_def().get_sensor_def(REPAIR_SENSOR_NAME)(ctx)
+        order = self.instance.get_dynamic_partitions(SYMBOLS_PARTITION)
         for request in result.run_requests:
-            if request.tags["lakehouse/symbol"] in run:
-                assert materialize([raw_ohlcv], selection=request.asset_selection, tags=request.tags,
-                                   instance=self.instance, resources=resources).success
+            days: dict[str, list] = {}
+            for symbol, day in covered_partitions(request.tags, order):
+                days.setdefault(symbol, []).append(day)
+            for symbol in run:  # the request's share of these symbols only (it may cover both)
+                if symbol in days:
+                    tags = {**request.tags, **range_tags(symbol, min(days[symbol]), max(days[symbol]))}
+                    assert materialize([raw_ohlcv], selection=request.asset_selection, tags=tags,
+                                       instance=self.instance, resources=resources).success
         return result
 
 

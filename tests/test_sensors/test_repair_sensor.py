@@ -21,11 +21,12 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOr
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-from assets.partitions import days_by_symbol, symbol_day_partitions
+from assets.partitions import SYMBOLS_PARTITION, days_by_symbol, symbol_day_partitions
 from assets.raw import raw_ohlcv
 from assets.symbol_freshness import symbol_freshness
 from lakehouse.exchange.simulated import SimulatedExchange, SimulatedSource
 from lakehouse.registry import Registry, TrackedSymbol
+from lakehouse.run_tags import covered_partitions
 from lakehouse.schema import CLEAN_BARS, RAW_OHLCV
 from lakehouse.timeutil import MINUTE_MS, day_start_ms
 from resources import ExchangeResource, LakehouseResource, SimulatedExchangeResource
@@ -101,14 +102,21 @@ class Lake:
 
 
 def requested(result):
-    """(action, symbol, first day, last day, selected assets, reasons) of each request."""
+    """(action, symbol or 'FIRST..LAST', first day, last day, selected assets, reasons) of each request."""
     out = []
     for r in result.run_requests:
         t = r.tags
-        out.append((t["lakehouse/repair"], t["lakehouse/symbol"], t["dagster/asset_partition_range_start"][:10],
+        first, last = (t[f"dagster/asset_partition_range_{end}"].split("|")[1] for end in ("start", "end"))
+        assert t.get("lakehouse/symbol", first) == first  # named when the run has one symbol
+        out.append((t["lakehouse/repair"], first if first == last else f"{first}..{last}",
+                    t["dagster/asset_partition_range_start"][:10],
                     t["dagster/asset_partition_range_end"][:10], sorted(k.to_user_string() for k in r.asset_selection),
                     t["lakehouse/reasons"]))
     return sorted(out)
+
+
+def instance_symbols(lake) -> list[str]:
+    return lake.instance.get_dynamic_partitions(SYMBOLS_PARTITION)
 
 
 def skipped(result):
@@ -132,9 +140,9 @@ def healthy(lake):
 def test_new_symbols_are_backfilled_from_their_start_then_a_tick_requests_nothing(lake):
     lake.track("BTC/USDT", "ETH/USDT")
     first = lake.tick()
-    assert requested(first) == [
-        ("refetch", "BTC/USDT", "2024-03-05", "2024-03-10", ["clean_bars", "raw_ohlcv"], "6 missing"),
-        ("refetch", "ETH/USDT", "2024-03-05", "2024-03-10", ["clean_bars", "raw_ohlcv"], "6 missing"),
+    assert requested(first) == [  # the same days and layers of neighbouring symbols: one run
+        ("refetch", "BTC/USDT..ETH/USDT", "2024-03-05", "2024-03-10", ["clean_bars", "raw_ohlcv"],
+         "BTC/USDT: 6 missing; ETH/USDT: 6 missing"),
     ]
     assert first.run_requests[0].tags["lakehouse/audit"].startswith(
         "24 missing, 0 incomplete, 0 stale, 0 invalid, 0 outdated; 0 partitions in flight")
@@ -172,8 +180,9 @@ def test_damaged_partitions_and_only_they_are_repaired_back_to_the_original(heal
             lake.storage.write_partition(RAW_OHLCV, EX, symbol, day, df.filter(keep))
 
     result = lake.tick()
-    covered = {(t[1], dt.date.fromisoformat(t[2]) + dt.timedelta(days=i), t[0], tuple(t[4]))
-               for t in requested(result) for i in range((dt.date.fromisoformat(t[3]) - dt.date.fromisoformat(t[2])).days + 1)}
+    order = instance_symbols(lake)
+    covered = {(s, d, r.tags["lakehouse/repair"], tuple(sorted(k.to_user_string() for k in r.asset_selection)))
+               for r in result.run_requests for s, d in covered_partitions(r.tags, order)}
     expected = {(s, d, "rebuild" if k == "delete_derived" else "refetch",
                  ("clean_bars",) if k == "delete_derived" else ("clean_bars", "raw_ohlcv")) for k, (s, d) in damage.items()}
     assert covered == expected
@@ -237,8 +246,8 @@ def test_a_stale_current_day_is_refreshed_alone(healthy, instance, root):
     later = Lake(instance, root, exchange=SimulatedExchangeResource(outage_rate=0.0, now_ms=NOW_MS + 20 * MINUTE_MS))
     result = later.tick()
     assert requested(result) == [
-        ("refetch", "BTC/USDT", "2024-03-10", "2024-03-10", ["clean_bars", "raw_ohlcv"], "1 stale"),
-        ("refetch", "ETH/USDT", "2024-03-10", "2024-03-10", ["clean_bars", "raw_ohlcv"], "1 stale"),
+        ("refetch", "BTC/USDT..ETH/USDT", "2024-03-10", "2024-03-10", ["clean_bars", "raw_ohlcv"],
+         "BTC/USDT: 1 stale; ETH/USDT: 1 stale"),
     ]
     later.run(result)
     assert later.storage.read_partition(RAW_OHLCV, EX, "BTC/USDT", DAYS[-1]).height == 12 * 60 + 54
@@ -283,3 +292,23 @@ def test_scores_are_kept_current_by_the_repair_loop_alone(instance, root):
     assert scores_requests() == [("scores: inputs changed since built", ["scores"])]
     lake.storage.table_path("scores").unlink()  # a lost file is rebuilt, like any partition
     assert scores_requests() == [("scores: its file is missing", ["scores"])]
+
+
+def test_symbols_whose_shared_run_failed_are_requested_alone_so_a_bad_one_fails_only_itself(lake, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_RETRY_DELAY_MINUTES", "0")  # failed partitions are requested again at once
+    lake.track("BTC/USDT", "NOPE/USDT", "ETH/USDT", start=dt.date(2024, 3, 9))  # the exchange does not list NOPE
+
+    def run_all(result):
+        return [materialize(lake.assets, selection=r.asset_selection, tags=r.tags, instance=lake.instance,
+                            resources=lake.resources, raise_on_error=False).success for r in result.run_requests]
+
+    first = lake.tick()
+    assert [t[1] for t in requested(first)] == ["BTC/USDT..ETH/USDT"]
+    assert run_all(first) == [False]
+    second = lake.tick()  # each symbol of the failed run alone now
+    assert [t[1] for t in requested(second)] == ["BTC/USDT", "ETH/USDT", "NOPE/USDT"]
+    assert run_all(second) == [True, True, False]
+    third = lake.tick()
+    assert [t[1] for t in requested(third)] == ["NOPE/USDT"]
+    assert sorted(lake.instance.get_materialized_partitions(AssetKey(RAW_OHLCV))) == [
+        f"2024-03-{d}|{s}" for d in ("09", "10") for s in ("BTC/USDT", "ETH/USDT")]

@@ -2,6 +2,7 @@
 
 
 import datetime as dt
+import time
 
 from dagster import (
     AssetExecutionContext,
@@ -15,8 +16,9 @@ from dagster import (
     asset,
 )
 
+from lakehouse.config import SYMBOLS_AT_ONCE
 from lakehouse.errors import UnknownSymbolError, UserInputError
-from lakehouse.ingest import IngestReport, ingest_days
+from lakehouse.ingest import IngestReport, ingest_symbols
 from lakehouse.run_tags import REFETCH_TAG
 from lakehouse.schema import RAW_OHLCV
 from resources import ExchangeResource, LakehouseResource
@@ -65,40 +67,37 @@ def _resume_filter(context: AssetExecutionContext, storage, exchange_id: str):
 )
 def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakehouse: LakehouseResource):
     storage = lakehouse.storage()
-    client = exchange.client()
-    reports: list[IngestReport] = []
+    plan = days_by_symbol(context.partition_keys)
+    clients = [exchange.client() for _ in range(min(SYMBOLS_AT_ONCE, len(plan)) or 1)]
+    started = time.monotonic()
     try:
-        keep = _resume_filter(context, storage, client.id)
-        refetch = _refetch(context)
-        plan = days_by_symbol(context.partition_keys)
-        try:
-            # Every symbol first: in a run over several, one the exchange does not list fails the run before
-            # any other symbol's file is written (a failed step records no partition, so those files would
-            # stand without a materialization).
-            for symbol in plan:
-                client.check_symbol(symbol)
-            for symbol, days in plan.items():
-                context.log.info(f"fetching {symbol} {days[0]}..{days[-1]} ({len(days)} days) from {client.id}")
-                report = ingest_days(client, storage, symbol, days, keep=(lambda d, s=symbol: keep(s, d)) if keep else None,
-                                     refetch=refetch)
-                reports.append(report)
-                kept = sum(1 for d in report.days if d.skipped)
-                context.log.info(
-                    f"{symbol}: {report.candles}/{report.expected} candles ({kept} closed day(s) already complete, kept), "
-                    f"{report.requests} requests, "
-                    f"{report.rate_limited} x 429 in {report.duration_s:.1f}s"
-                )
-        except (UnknownSymbolError, UserInputError) as exc:
-            # Retrying cannot make an exchange list a symbol: fail now, skip the retry policy.
-            raise Failure(description=str(exc), allow_retries=False) from exc
+        keep = _resume_filter(context, storage, clients[0].id)
+        # Every symbol first: in a run over several, one the exchange does not list fails the run before any
+        # other symbol's file is written (a failed step records no partition, so those files would stand
+        # without a materialization).
+        for symbol in plan:
+            clients[0].check_symbol(symbol)
+        first, last = min(min(d) for d in plan.values()), max(max(d) for d in plan.values())
+        context.log.info(f"fetching {len(plan)} symbol(s) {first}..{last} from {clients[0].id}, "
+                         f"{len(clients)} side by side")
+        reports = ingest_symbols(clients, storage, plan, keep, refetch=_refetch(context))
+    except (UnknownSymbolError, UserInputError) as exc:
+        # Retrying cannot make an exchange list a symbol: fail now, skip the retry policy.
+        raise Failure(description=str(exc), allow_retries=False) from exc
     finally:
-        client.close()
+        for client in clients:
+            client.close()
+    for report in reports:
+        kept = sum(1 for d in report.days if d.skipped)
+        context.log.info(f"{report.symbol}: {report.candles}/{report.expected} candles ({kept} closed day(s) already "
+                         f"complete, kept), {report.requests} requests, {report.rate_limited} x 429 in "
+                         f"{report.duration_s:.1f}s")
 
     # Each partition's materialization carries its own day's figures; what only the fetch as a whole knows
     # (requests, 429s, retries, duration) is shared, next to the range it was fetched with.
     for report in reports:
         add_partition_metadata(context, RAW_OHLCV, report.symbol, {d.day: d.metadata() for d in report.days})
-    combined = IngestReport.combine(reports).metadata()
+    combined = {**IngestReport.combine(reports).metadata(), "duration_s": round(time.monotonic() - started, 3)}
     shared = {k: combined[k] for k in ("requests", "rate_limited_429", "banned_418", "retries", "duration_s",
                                        "archive_requests", "sources", "archive_fallbacks")
               if k in combined}

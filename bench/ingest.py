@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lakehouse.config import DEFAULT_FETCH_CONCURRENCY  # noqa: E402
+from lakehouse.config import DEFAULT_FETCH_CONCURRENCY, SYMBOLS_AT_ONCE  # noqa: E402
 from lakehouse.exchange.ccxt_client import CcxtExchange, forget_shared_state  # noqa: E402
 from lakehouse.exchange.emulator import BinanceEmulator  # noqa: E402
 from lakehouse.exchange.simulated import SimulatedSource  # noqa: E402
-from lakehouse.ingest import ingest_days  # noqa: E402
+from lakehouse.ingest import ingest_days, ingest_symbols  # noqa: E402
 from lakehouse.storage import Storage  # noqa: E402
 
 KLINES_WEIGHT = 2
@@ -82,13 +82,14 @@ def run(n_symbols: int, n_days: int, weight: int, window: float, latency_ms: flo
     days = [FIRST + dt.timedelta(days=i) for i in range(n_days)]
     with EmulatorProcess(synthetic=n_symbols, outage_rate=0.0, weight_limit=weight, window=window,
                          latency_ms=latency_ms, jitter_ms=jitter_ms) as emu, tempfile.TemporaryDirectory() as root:
-        client = CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
+        clients = [CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
+                   for _ in range(SYMBOLS_AT_ONCE)]  # as raw_ohlcv fetches a run's symbols
+        client = clients[0]
         client.markets()  # exchangeInfo is a one-off cost, not part of the steady state measured here
         emu.call("POST", "/_emulator/reset")
         started = time.perf_counter()
-        candles = 0
-        for symbol in symbols:
-            candles += ingest_days(client, Storage(root), symbol, days).candles
+        reports = ingest_symbols(clients, Storage(root), {symbol: days for symbol in symbols})
+        candles = sum(r.candles for r in reports)
         elapsed = time.perf_counter() - started
         stats = emu.call("GET", "/_emulator/stats")
         out = {
@@ -101,9 +102,9 @@ def run(n_symbols: int, n_days: int, weight: int, window: float, latency_ms: flo
             forget_shared_state()  # as a new process would
             emu.call("POST", "/_emulator/reset")
             started = time.perf_counter()
-            rerun_client = CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
-            for symbol in symbols:
-                ingest_days(rerun_client, Storage(root), symbol, days)
+            rerun_clients = [CcxtExchange("binance", url=emu.url, timeout_s=10, concurrency=concurrency)
+                             for _ in range(SYMBOLS_AT_ONCE)]
+            ingest_symbols(rerun_clients, Storage(root), {symbol: days for symbol in symbols})
             out["rerun_s"] = time.perf_counter() - started
             out["rerun_paths"] = emu.call("GET", "/_emulator/stats")["paths"]
     return out

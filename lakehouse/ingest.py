@@ -21,7 +21,7 @@ import datetime as dt
 import itertools
 import threading
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -352,6 +352,50 @@ def ingest_days(
         duration_s=time.monotonic() - started,
         archive_requests=archive_requests,
     )
+
+
+def ingest_symbols(clients: Sequence[Exchange], storage: Storage, plan: Mapping[str, Sequence[dt.date]],
+                   keep: Callable[[str, dt.date], bool] | None = None, *, refetch: bool = False) -> list[IngestReport]:
+    """ingest_days for each symbol of `plan`, as many side by side as there are `clients` (one client a symbol at
+    a time, so each report's request counts are its own). Clients of one exchange share its weight budget and
+    its bound of requests in flight, so this overlaps symbols without sending more at once: one symbol's first
+    pages go out while another's last are still answered, and a daily update of many symbols costs a few round
+    trips rather than one per symbol. Reports come in the plan's order; the first failure stops symbols not yet
+    started and is raised once the others end.
+    """
+    symbols = list(plan)
+    if len(clients) < 2 or len(symbols) < 2:
+        return [ingest_days(clients[0], storage, s, plan[s], (lambda d, s=s: keep(s, d)) if keep else None,
+                            refetch=refetch) for s in symbols]
+    todo = collections.deque(symbols)
+    lock = threading.Lock()
+    reports: dict[str, IngestReport] = {}
+    errors: list[BaseException] = []
+
+    def work(client: Exchange) -> None:
+        while True:
+            with lock:
+                if errors or not todo:
+                    return
+                symbol = todo.popleft()
+            try:
+                reports[symbol] = ingest_days(client, storage, symbol, plan[symbol],
+                                              (lambda d, s=symbol: keep(s, d)) if keep else None,
+                                              refetch=refetch)
+            except BaseException as exc:  # noqa: BLE001  (re-raised below, in the caller's thread)
+                with lock:
+                    errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=work, args=(c,), name=f"ingest-{i}", daemon=True)
+               for i, c in enumerate(clients[:len(symbols)])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [reports[s] for s in symbols]
 
 
 def _contiguous(plans: list[_DayPlan]) -> Iterator[list[_DayPlan]]:

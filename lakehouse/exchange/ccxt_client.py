@@ -209,9 +209,11 @@ def _header(headers, name: str):
 
 @dataclasses.dataclass
 class _Shared:
-    """What every client of one exchange endpoint in this process shares: one weight budget, one market list."""
+    """What every client of one exchange endpoint in this process shares: one weight budget, one bound of
+    requests in flight (the first client's concurrency), one market list."""
 
     governor: WeightGovernor
+    slots: threading.BoundedSemaphore
     markets: dict[str, Market] | None = None
     loaded_at: float = 0.0
     listings: dict = dataclasses.field(default_factory=dict)  # symbol -> first candle ms (listing never moves)
@@ -223,11 +225,11 @@ _SHARED_LOCK = threading.Lock()
 MARKETS_TTL_S = 600.0  # markets change rarely; a symbol not found forces a fresh load anyway
 
 
-def _shared(exchange_id: str, url: str | None, sleep) -> _Shared:
+def _shared(exchange_id: str, url: str | None, sleep, concurrency: int) -> _Shared:
     with _SHARED_LOCK:
         key = (exchange_id, url)
         if key not in _SHARED:
-            _SHARED[key] = _Shared(WeightGovernor(sleep=sleep))
+            _SHARED[key] = _Shared(WeightGovernor(sleep=sleep), threading.BoundedSemaphore(max(1, concurrency)))
         return _SHARED[key]
 
 
@@ -281,7 +283,7 @@ class CcxtExchange(Exchange):
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
-        self._shared = _shared(exchange_id, url, sleep)
+        self._shared = _shared(exchange_id, url, sleep, self.concurrency)
         self.governor = self._shared.governor
         self._listings = self._shared.listings
         self.governor.recalibrate()
@@ -306,39 +308,45 @@ class CcxtExchange(Exchange):
         """One exchange call with budget, Retry-After and backoff handling; maps ccxt errors to ours."""
         attempt = 0
         while True:
-            token = self.governor.before_request(weight)
-            self._count(requests=1)
-            self._local.response = None
+            # A slot of the endpoint's bound of requests in flight, held for the request only (not the backoff):
+            # clients fetching symbols side by side never send more at once than one client would.
+            self._shared.slots.acquire()
             try:
-                result = fn(*args, **kwargs)
-                self.governor.after_response(self._headers(), token)
-                return result
-            except ccxt.BadSymbol as exc:
-                self.governor.after_response(self._headers(), token)
-                raise UnknownSymbolError(f"{self.id}: {exc}") from exc
-            except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
-                # ccxt raises DDoSProtection for both 429 and 418; the header tells how long to stay away.
-                headers = self._headers() or {}
-                self.governor.after_response(headers, token)
-                retry_after = _float_or_none(_header(headers, "retry-after"))
-                banned = "418" in str(exc)[:200] or (retry_after or 0) > 120
-                self._count(**({"banned": 1} if banned else {"rate_limited": 1}))
-                error = RateLimitedError(f"{self.id} rate limit: {exc}", retry_after, banned)
-                # Every worker stops, not just this one: a request during Retry-After earns a ban.
-                self.governor.block((retry_after if retry_after is not None else 1.0) + 0.1)
-            except ccxt.OperationFailed as exc:
-                # ccxt's family of failures that may pass: network, timeouts, 5xx, maintenance, bad responses.
-                self._settle(token)
-                error = TransientExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}")
-            except TransientExchangeError as exc:
-                self._settle(token)
-                error = exc
-            except ccxt.BaseError as exc:
-                self._settle(token)
-                raise ExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
-            except BaseException:
-                self._settle(token)  # a request left "in flight" would hold every later one back
-                raise
+                token = self.governor.before_request(weight)
+                self._count(requests=1)
+                self._local.response = None
+                try:
+                    result = fn(*args, **kwargs)
+                    self.governor.after_response(self._headers(), token)
+                    return result
+                except ccxt.BadSymbol as exc:
+                    self.governor.after_response(self._headers(), token)
+                    raise UnknownSymbolError(f"{self.id}: {exc}") from exc
+                except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
+                    # ccxt raises DDoSProtection for both 429 and 418; the header tells how long to stay away.
+                    headers = self._headers() or {}
+                    self.governor.after_response(headers, token)
+                    retry_after = _float_or_none(_header(headers, "retry-after"))
+                    banned = "418" in str(exc)[:200] or (retry_after or 0) > 120
+                    self._count(**({"banned": 1} if banned else {"rate_limited": 1}))
+                    error = RateLimitedError(f"{self.id} rate limit: {exc}", retry_after, banned)
+                    # Every worker stops, not just this one: a request during Retry-After earns a ban.
+                    self.governor.block((retry_after if retry_after is not None else 1.0) + 0.1)
+                except ccxt.OperationFailed as exc:
+                    # ccxt's family of failures that may pass: network, timeouts, 5xx, maintenance, bad responses.
+                    self._settle(token)
+                    error = TransientExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}")
+                except TransientExchangeError as exc:
+                    self._settle(token)
+                    error = exc
+                except ccxt.BaseError as exc:
+                    self._settle(token)
+                    raise ExchangeError(f"{self.id}: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
+                except BaseException:
+                    self._settle(token)  # a request left "in flight" would hold every later one back
+                    raise
+            finally:
+                self._shared.slots.release()
             attempt += 1
             if attempt > self.max_retries:
                 raise error

@@ -697,18 +697,26 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         emu = self.emulator
         control = self.path.startswith(CONTROL_PREFIX)
-        if not control:  # a request is in flight from when it is sent until its answer is back
+        # A request is in flight from its arrival until its answer goes out. Not until this thread ends: the
+        # client may have read the answer and sent its next request by then, which would count twice.
+        landed = [control]
+
+        def answered() -> None:
+            if not landed[0]:
+                landed[0] = True
+                with emu._lock:
+                    emu.in_flight -= 1
+
+        if not control:
             with emu._lock:
                 emu.in_flight += 1
                 emu.peak_in_flight = max(emu.peak_in_flight, emu.in_flight)
         try:
-            self._answer(method, body, 0.0 if control else emu.round_trip_s() / 2)
+            self._answer(method, body, 0.0 if control else emu.round_trip_s() / 2, answered)
         finally:
-            if not control:
-                with emu._lock:
-                    emu.in_flight -= 1
+            answered()
 
-    def _answer(self, method: str, body: bytes, half: float) -> None:
+    def _answer(self, method: str, body: bytes, half: float, answered=lambda: None) -> None:
         emu = self.emulator
         if half and emu._stopping.wait(half):  # on the way in: the request is counted when it arrives
             self.close_connection = True
@@ -718,6 +726,7 @@ class _Handler(BaseHTTPRequestHandler):
         if resp.delay_s and emu._stopping.wait(resp.delay_s):
             self.close_connection = True
             return
+        answered()
         try:
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)

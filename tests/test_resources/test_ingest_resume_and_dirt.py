@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from lakehouse import progress
 from lakehouse.audit import Ledger, gap_detail, ledger_key
-from lakehouse.errors import TransientExchangeError
+from lakehouse.errors import TransientExchangeError, UnknownSymbolError
 from lakehouse.exchange.ccxt_client import CcxtExchange, forget_shared_state
 from lakehouse.exchange.emulator import BinanceEmulator
 from lakehouse.exchange.simulated import SimulatedSource
-from lakehouse.ingest import ingest_days
+from lakehouse.ingest import ingest_days, ingest_symbols
 from lakehouse.schema import RAW_OHLCV
 from lakehouse.storage import Storage
 from lakehouse.timeutil import DAY_MS, MINUTE_MS, day_start_ms
@@ -296,3 +296,39 @@ def test_kline_rows_are_read_as_sent_and_anything_else_is_malformed():
     assert parse_klines([]).shape == (0, 6)
     for junk in ("<html>", None, {"code": -1}, [[0, "1", "2"]], [[0, "x", "2", "1", "1", "1"]], [None], [[None] * 6]):
         assert parse_klines(junk) is None, junk
+
+
+# several symbols side by side ---------------------------------------------------------------------
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "LTC/USDT", "BNB/USDT"]
+
+
+def test_symbols_side_by_side_overlap_within_one_bound_and_store_what_each_alone_would(source, tmp_path):
+    with BinanceEmulator(source=source, latency_ms=40, jitter_ms=10) as emu:
+        # Each symbol-day is one window, fetched one after the other when alone; 4 clients may overlap them,
+        # but only as far as the endpoint's bound of 2 requests in flight.
+        clients = [client_for(emu, concurrency=2) for _ in range(4)]
+        together = Storage(tmp_path / "together")
+        reports = ingest_symbols(clients, together, {s: [D1] for s in SYMBOLS})
+        stats = emu.stats()
+        assert stats["peak_in_flight"] == 2
+        assert [r.symbol for r in reports] == SYMBOLS
+        assert sum(r.requests for r in reports) == stats["paths"][KLINES]  # each report counts its own
+        forget_shared_state()
+        alone = Storage(tmp_path / "alone")
+        for s in SYMBOLS:
+            ingest_days(client_for(emu), alone, s, [D1])
+    for s in SYMBOLS:
+        a, b = (st.read_partition(RAW_OHLCV, "binance", s, D1).drop("fetched_at") for st in (together, alone))
+        assert a.height == 1440 and a.equals(b), s
+
+
+def test_a_failing_symbol_stops_the_symbols_not_yet_started_and_is_raised(source, tmp_path):
+    with BinanceEmulator(source=source) as emu:
+        clients = [client_for(emu) for _ in range(2)]
+        storage = Storage(tmp_path)
+        with pytest.raises(UnknownSymbolError, match="NOPE/USDT"):
+            ingest_symbols(clients, storage, {"BTC/USDT": [D1], "NOPE/USDT": [D1], "ETH/USDT": [D1],
+                                              "LTC/USDT": [D1], "BNB/USDT": [D1]})
+        # BTC ran beside NOPE; after NOPE failed at most one more symbol had started.
+        stored = {p.ref.symbol for p in storage.list_partitions(RAW_OHLCV)}
+        assert "BTC/USDT" in stored and len(stored) <= 2

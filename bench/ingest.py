@@ -11,7 +11,9 @@ market loading), and peak memory (RSS) of each figure's process; --year also fet
     python bench/ingest.py [--symbols 5] [--days 30] [--latency-ms 50] [--jitter-ms 20] [--weight 40]
                            [--window 1.0] [--concurrency 16] [--rounds 3] [--year/--no-year]
 
-The emulator runs in its own process (as an exchange would); each figure is measured in a fresh process.
+The emulator runs in its own process (as an exchange would); each figure is measured in a fresh process. The
+symbols are fetched as raw_ohlcv fetches a run's symbols (lakehouse.ingest.ingest_symbols, SYMBOLS_AT_ONCE
+clients side by side within the one bound of requests in flight).
 
 `--archive` instead compares one symbol-year through the bulk archive with REST alone (see archive_vs_rest).
 """

@@ -72,6 +72,58 @@ def scores(context: AssetExecutionContext, exchange: ExchangeResource, lakehouse
     storage = lakehouse.storage()
     ex = exchange_id(exchange)
     tracked = set(context.instance.get_dynamic_partitions(SYMBOLS_PARTITION))
+    # Two runs can rebuild the table at once; one that read its inputs before the other's signals landed could
+    # be written last and leave them out. The inputs' newest materializations are recorded after their files
+    # land, so if they moved while this build ran it builds again; if they move later, that run's own rebuild
+    # starts later than this one's write.
+    for attempt in range(1, _MAX_BUILDS + 1):
+        inputs = _inputs_version(context.instance)
+        table, fresh, blocked_symbols = _build(context, storage, ex, tracked)
+        storage.write_table(SCORES, table)
+        if _inputs_version(context.instance) == inputs:
+            break
+        if attempt < _MAX_BUILDS:
+            context.log.info("signals or indicators were materialized while the table was built: building again")
+    progress.emit(progress.ProgressEvent("table_done", SCORES, None, None, table.height))
+
+    preview = table.filter(pl.col("exchange") == ex).select("symbol", "trend", "score", "close", "timestamp")
+    md = {
+        "rows": table.height,
+        "symbols_scored": fresh.height,
+        "symbols_kept_blocked": len(blocked_symbols),
+        "blocked": blocked_symbols,
+        "builds": attempt,
+        "latest_bar": ms_to_iso(int(fresh.get_column("timestamp").cast(pl.Int64).max())) if fresh.height else None,
+        "lakehouse_root": MetadataValue.path(str(storage.root)),
+    }
+    md = to_metadata(md)
+    md["preview"] = MetadataValue.md(_markdown(preview))
+    yield MaterializeResult(metadata=md)
+    if selected_checks(context, SCORES):
+        dupes = table.group_by("exchange", "symbol").len().filter(pl.col("len") > 1)
+        out_of_range = table.filter((pl.col("score") < -100) | (pl.col("score") > 100))
+        yield AssetCheckResult(
+            check_name=ONE_ROW_PER_SYMBOL, asset_key=AssetKey(SCORES),
+            passed=dupes.height == 0 and out_of_range.height == 0,
+            metadata={"rows": table.height, "duplicated_symbols": dupes.height,
+                      "scores_out_of_range": out_of_range.height},
+        )
+
+
+_MAX_BUILDS = 3
+
+
+def _inputs_version(instance) -> tuple:
+    """The newest materialization of each input layer (their storage ids)."""
+    records = instance.get_asset_records([AssetKey(SIGNALS), AssetKey(INDICATORS)])
+    return tuple(sorted((r.asset_entry.asset_key.to_user_string(),
+                         r.asset_entry.last_materialization_record.storage_id
+                         if r.asset_entry.last_materialization_record else None) for r in records))
+
+
+def _build(context, storage: Storage, ex: str, tracked: set[str]) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The whole table from each tracked symbol's latest partitions: (table, this exchange's fresh rows,
+    the symbols kept as they were because a blocking check failed)."""
     previous = storage.read_table(SCORES)
     inds, sigs, kept, blocked_symbols = [], [], [], {}
     for _, symbol in storage.symbols(INDICATORS, ex):
@@ -93,30 +145,7 @@ def scores(context: AssetExecutionContext, exchange: ExchangeResource, lakehouse
                            pl.concat(sigs, how="vertical") if sigs else empty(SIGNALS))
     others = previous.filter(pl.col("exchange") != ex)  # another exchange's rows are not ours to drop
     table = pl.concat([others, *kept, fresh], how="vertical").sort("exchange", "symbol")
-    storage.write_table(SCORES, table)
-    progress.emit(progress.ProgressEvent("table_done", SCORES, None, None, table.height))
-
-    preview = table.filter(pl.col("exchange") == ex).select("symbol", "trend", "score", "close", "timestamp")
-    md = {
-        "rows": table.height,
-        "symbols_scored": fresh.height,
-        "symbols_kept_blocked": len(blocked_symbols),
-        "blocked": blocked_symbols,
-        "latest_bar": ms_to_iso(int(fresh.get_column("timestamp").cast(pl.Int64).max())) if fresh.height else None,
-        "lakehouse_root": MetadataValue.path(str(storage.root)),
-    }
-    md = to_metadata(md)
-    md["preview"] = MetadataValue.md(_markdown(preview))
-    yield MaterializeResult(metadata=md)
-    if selected_checks(context, SCORES):
-        dupes = table.group_by("exchange", "symbol").len().filter(pl.col("len") > 1)
-        out_of_range = table.filter((pl.col("score") < -100) | (pl.col("score") > 100))
-        yield AssetCheckResult(
-            check_name=ONE_ROW_PER_SYMBOL, asset_key=AssetKey(SCORES),
-            passed=dupes.height == 0 and out_of_range.height == 0,
-            metadata={"rows": table.height, "duplicated_symbols": dupes.height,
-                      "scores_out_of_range": out_of_range.height},
-        )
+    return table, fresh, blocked_symbols
 
 
 def _markdown(df: pl.DataFrame) -> str:

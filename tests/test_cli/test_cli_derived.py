@@ -79,3 +79,33 @@ def test_symbols_sharing_a_run_get_the_same_files_as_each_alone(tmp_path, monkey
         a, b = (pl.read_parquet(root / path) for root in (together, alone))
         stamps = [c for c in a.columns if c.endswith("_at")]  # when it was fetched or computed
         assert a.drop(stamps).equals(b.drop(stamps)), path
+
+
+def test_scores_build_again_when_signals_land_while_they_are_built(tmp_path, monkeypatch):
+    from dagster import AssetMaterialization, DagsterInstance, materialize
+
+    import assets.scores as scores_module
+    from definitions import build_resources
+
+    assert invoke("symbols", "add", "BTC/USDT", "ETH/USDT", "--start", "2024-01-01").exit_code == 0
+    assert invoke("backfill", "--start", "2024-01-01", "--end", "2024-01-02").exit_code == 0
+    real = scores_module._latest_inputs
+    landed = []
+
+    def eth_not_yet_there(storage, exchange, symbol):
+        # Another run's ETH signals land while this build reads: it sees none, then they are recorded.
+        if symbol == "ETH/USDT" and not landed:
+            landed.append(True)
+            DagsterInstance.get().report_runless_asset_event(
+                AssetMaterialization(asset_key="signals", partition="2024-01-02|ETH/USDT"))
+            return None
+        return real(storage, exchange, symbol)
+
+    monkeypatch.setattr(scores_module, "_latest_inputs", eth_not_yet_there)
+    with DagsterInstance.get() as instance:
+        result = materialize([scores_module.scores], instance=instance, resources=build_resources())
+        assert result.success and landed
+        [event] = result.asset_materializations_for_node("scores")
+        assert (event.metadata["builds"].value, event.metadata["symbols_scored"].value) == (2, 2)
+    out = invoke("query", "select symbol from scores order by 1", "--format", "csv")
+    assert out.output == "symbol\nBTC/USDT\nETH/USDT\n"

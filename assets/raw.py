@@ -6,6 +6,7 @@ import time
 
 from dagster import (
     AssetExecutionContext,
+    AssetMaterialization,
     Backoff,
     BackfillPolicy,
     Failure,
@@ -25,7 +26,7 @@ from resources import ExchangeResource, LakehouseResource
 
 from .freshness import freshness_policy
 from .glue import add_partition_metadata, run_metadata, to_metadata
-from .partitions import days_by_symbol, symbol_day_partitions
+from .partitions import days_by_symbol, partition_key, symbol_day_partitions
 
 EXCHANGE_POOL = "exchange"
 
@@ -54,6 +55,17 @@ def _resume_filter(context: AssetExecutionContext, storage, exchange_id: str):
     return keep
 
 
+def _record_finished(context: AssetExecutionContext, reports: list[IngestReport]) -> None:
+    """When one symbol of a run fails, record the days of those that finished: a failed step records no
+    partition, and their complete files would otherwise stand without a materialization (the audit would never
+    fetch them again, so Dagster would show them failed for good)."""
+    for report in reports:
+        for day in report.days:
+            metadata = to_metadata({**day.metadata(), "recorded": "its run failed on another symbol"})
+            key = str(partition_key(report.symbol, day.day))
+            context.log_event(AssetMaterialization(asset_key=RAW_OHLCV, partition=key, metadata=metadata))
+
+
 @asset(
     name=RAW_OHLCV,
     partitions_def=symbol_day_partitions,
@@ -80,7 +92,12 @@ def raw_ohlcv(context: AssetExecutionContext, exchange: ExchangeResource, lakeho
         first, last = min(min(d) for d in plan.values()), max(max(d) for d in plan.values())
         context.log.info(f"fetching {len(plan)} symbol(s) {first}..{last} from {clients[0].id}, "
                          f"{len(clients)} side by side")
-        reports = ingest_symbols(clients, storage, plan, keep, refetch=_refetch(context))
+        finished: list[IngestReport] = []
+        try:
+            reports = ingest_symbols(clients, storage, plan, keep, refetch=_refetch(context), done=finished)
+        except Exception:
+            _record_finished(context, finished)
+            raise
     except (UnknownSymbolError, UserInputError) as exc:
         # Retrying cannot make an exchange list a symbol: fail now, skip the retry policy.
         raise Failure(description=str(exc), allow_retries=False) from exc

@@ -355,18 +355,25 @@ def ingest_days(
 
 
 def ingest_symbols(clients: Sequence[Exchange], storage: Storage, plan: Mapping[str, Sequence[dt.date]],
-                   keep: Callable[[str, dt.date], bool] | None = None, *, refetch: bool = False) -> list[IngestReport]:
+                   keep: Callable[[str, dt.date], bool] | None = None, *, refetch: bool = False,
+                   done: list[IngestReport] | None = None) -> list[IngestReport]:
     """ingest_days for each symbol of `plan`, as many side by side as there are `clients` (one client a symbol at
     a time, so each report's request counts are its own). Clients of one exchange share its weight budget and
     its bound of requests in flight, so this overlaps symbols without sending more at once: one symbol's first
     pages go out while another's last are still answered, and a daily update of many symbols costs a few round
     trips rather than one per symbol. Reports come in the plan's order; the first failure stops symbols not yet
-    started and is raised once the others end.
+    started and is raised once the others end. `done`, if given, gets each symbol's report as it ends, so the
+    caller still has the symbols that finished when another one fails.
     """
     symbols = list(plan)
+    done = [] if done is None else done
     if len(clients) < 2 or len(symbols) < 2:
-        return [ingest_days(clients[0], storage, s, plan[s], (lambda d, s=s: keep(s, d)) if keep else None,
-                            refetch=refetch) for s in symbols]
+        out = []
+        for s in symbols:
+            out.append(ingest_days(clients[0], storage, s, plan[s], (lambda d, s=s: keep(s, d)) if keep else None,
+                                   refetch=refetch))
+            done.append(out[-1])
+        return out
     todo = collections.deque(symbols)
     lock = threading.Lock()
     reports: dict[str, IngestReport] = {}
@@ -379,9 +386,11 @@ def ingest_symbols(clients: Sequence[Exchange], storage: Storage, plan: Mapping[
                     return
                 symbol = todo.popleft()
             try:
-                reports[symbol] = ingest_days(client, storage, symbol, plan[symbol],
-                                              (lambda d, s=symbol: keep(s, d)) if keep else None,
-                                              refetch=refetch)
+                reports[symbol] = report = ingest_days(client, storage, symbol, plan[symbol],
+                                                       (lambda d, s=symbol: keep(s, d)) if keep else None,
+                                                       refetch=refetch)
+                with lock:
+                    done.append(report)
             except BaseException as exc:  # noqa: BLE001  (re-raised below, in the caller's thread)
                 with lock:
                     errors.append(exc)

@@ -61,3 +61,40 @@ def test_unknown_symbol_fails_fast_without_retries(instance, storage, lakehouse_
     restarts = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     assert restarts == []
     assert list(storage.list_partitions(RAW_OHLCV)) == []
+
+
+class OneSymbolFailsResource(SimulatedExchangeResource):
+    """The simulated exchange, refusing ETH/USDT's candles with an error no retry can mend."""
+
+    def client(self):
+        from lakehouse.errors import UserInputError
+
+        client = super().client()
+        fetch_page = client.fetch_page
+
+        def refuse_eth(symbol, *args, **kwargs):
+            if symbol == "ETH/USDT":
+                raise UserInputError("ETH/USDT refused")
+            return fetch_page(symbol, *args, **kwargs)
+
+        client.fetch_page = refuse_eth
+        return client
+
+
+def test_a_run_over_symbols_records_those_that_finished_when_one_fails(instance, storage, lakehouse_resource):
+    add_symbols(instance, "BTC/USDT", "ETH/USDT", "LTC/USDT")
+    result = materialize(
+        [raw_ohlcv], instance=instance, raise_on_error=False,
+        resources={"exchange": OneSymbolFailsResource(outage_rate=0.0, now_ms=NOW_MS), "lakehouse": lakehouse_resource},
+        tags={"dagster/asset_partition_range_start": "2024-01-01|BTC/USDT",
+              "dagster/asset_partition_range_end": "2024-01-02|LTC/USDT"},
+    )
+    assert not result.success
+    # BTC ran beside ETH and finished: its files are complete and Dagster records them; ETH's partitions fail.
+    # LTC started beside them or, once ETH had failed, not at all: recorded exactly when its files were written.
+    ltc = storage.read_partition(RAW_OHLCV, "simulated", "LTC/USDT", D1) is not None
+    assert sorted(instance.get_materialized_partitions(AssetKey(RAW_OHLCV))) == [
+        f"2024-01-0{d}|{s}" for d in (1, 2) for s in ("BTC/USDT", *(["LTC/USDT"] if ltc else []))]
+    event = instance.get_latest_materialization_event(AssetKey(RAW_OHLCV)).asset_materialization
+    assert (event.metadata["candles"].value, event.metadata["recorded"].value) == (1440, "its run failed on another symbol")
+    assert storage.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", D1).height == 1440

@@ -106,8 +106,9 @@ def backfill(symbol_list, start, end, asset_list, as_json, refetch, url, wait, t
 
     In-process by default: one run covers a symbol's whole day range (fetched in one pass); symbols with the
     same days share a run (up to 400 symbol-days), and if such a run fails each of its symbols runs again
-    alone. By default every layer is built, raw to signals, and each run ends by rebuilding the scores table. A --start before a symbol's registered start moves its start back, so `status` and the
-    repair sensor cover the new days too.
+    alone. By default every layer is built, raw to signals, and each run ends by rebuilding the scores table.
+    A --start before a symbol's registered start moves its start back, so `status` and the repair sensor
+    cover the new days too.
 
     With --url (or DAGSTER_URL) the work is launched on that running deployment as one partition backfill, so
     its backfill policies, pools and retries apply; the command prints the backfill's id and link, waits with

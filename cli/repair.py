@@ -79,19 +79,16 @@ def execute_plan(instance, defs, audit: Audit, requests: list[RepairRequest], di
 def launch_plan(api, defs, audit: Audit, requests: list[RepairRequest]) -> list[str]:
     """Launch the plan on a deployment: one backfill per distinct action and asset selection (usually one), each
     with every partition that needs it. Returns the backfill ids."""
-    from sensors.repair import reasons_tag, selection_for
+    from sensors.repair import reasons_tag, request_buckets, selection_for
 
     from .remote import call, partition_name
 
     asset_graph = defs.get_repository_def().asset_graph
-    buckets: dict[tuple, list[RepairRequest]] = {}
-    for r in requests:
-        buckets.setdefault((r.action, r.layers), []).append(r)
     ids = []
-    for (action, _layers), bucket in buckets.items():
+    for bucket in request_buckets(requests):
         keys, _checks = selection_for(bucket[0], asset_graph)
         partitions = [partition_name(r.symbol, day) for r in bucket for day in r.day_list()]
-        tags = {"lakehouse/launched_by": "lakehouse repair --url", "lakehouse/repair": action,
+        tags = {"lakehouse/launched_by": "lakehouse repair --url", "lakehouse/repair": bucket[0].action,
                 "lakehouse/reasons": reasons_tag(bucket), "lakehouse/audit": audit.summary()[:250]}
         ids.append(call(api.launch_backfill, [k.to_user_string() for k in keys], partitions, tags=tags,
                         title=f"lakehouse repair: {len(partitions)} partition(s)"))

@@ -367,13 +367,6 @@ def ingest_symbols(clients: Sequence[Exchange], storage: Storage, plan: Mapping[
     """
     symbols = list(plan)
     done = [] if done is None else done
-    if len(clients) < 2 or len(symbols) < 2:
-        out = []
-        for s in symbols:
-            out.append(ingest_days(clients[0], storage, s, plan[s], (lambda d, s=s: keep(s, d)) if keep else None,
-                                   refetch=refetch))
-            done.append(out[-1])
-        return out
     todo = collections.deque(symbols)
     lock = threading.Lock()
     reports: dict[str, IngestReport] = {}

@@ -78,16 +78,21 @@ def reasons_tag(requests: Sequence[RepairRequest]) -> str:
     return "; ".join(f"{r.symbol}: {r.reasons_text}" for r in requests)[:250]
 
 
+def request_buckets(requests: Sequence[RepairRequest]) -> list[list[RepairRequest]]:
+    """The plan's requests by action and layers (what one run or backfill can carry), in the plan's order."""
+    buckets: dict[tuple, list[RepairRequest]] = {}
+    for r in requests:
+        buckets.setdefault((r.action, r.layers), []).append(r)
+    return list(buckets.values())
+
+
 def request_groups(requests: Sequence[RepairRequest], symbol_order: Sequence[str],
                    alone: Collection[str] = ()) -> list[tuple[RunGroup, list[RepairRequest]]]:
     """The plan as range runs, in its order: requests with the same action and layers whose symbols are
     neighbours with the same days share a run (group_runs). Symbols in `alone` (say, whose last run failed)
     run alone, so a bad symbol fails its neighbours' run at most once."""
-    buckets: dict[tuple, list[RepairRequest]] = {}
-    for r in requests:
-        buckets.setdefault((r.action, r.layers), []).append(r)
     out = []
-    for bucket in buckets.values():
+    for bucket in request_buckets(requests):
         by_range = {(r.symbol, r.start, r.end): r for r in bucket}
         ranges: dict[str, list] = {}
         for r in bucket:
@@ -152,14 +157,15 @@ def build_repair_sensor(
         asset_graph = context.repository_def.asset_graph
         audit, _ = audit_now(context.instance, lakehouse, exchange, asset_graph, settings, read_budget_s=READ_BUDGET_S)
         order = context.instance.get_dynamic_partitions(SYMBOLS_PARTITION)
-        failed_last = {s for s, run in last_runs_by_symbol(context.instance).items() if run["status"] == "FAILURE"}
+        last_runs = last_runs_by_symbol(context.instance)
+        failed_last = {s for s, run in last_runs.items() if run["status"] == "FAILURE"}
         groups = request_groups(audit.plan, order, alone=failed_last)
         deferred = sum(len(reqs) for _, reqs in groups[settings.repair_max_runs:])
         groups = groups[: settings.repair_max_runs]
         requests = [r for _, reqs in groups for r in reqs]
         audit.commit(requests)
         cursor = load_cursor(context.cursor)
-        _report_freshness(context, audit, asset_graph, cursor)
+        _report_freshness(context, audit, asset_graph, cursor, last_runs)
         summary = audit.summary()
         elapsed = time.perf_counter() - started
         cursor.update(ticks=cursor.get("ticks", 0) + 1, last=summary, audit_s=round(elapsed, 3))
@@ -219,12 +225,13 @@ def table_requests(instance, asset_graph, storage, audit: Audit) -> tuple[list[R
     return requests, why
 
 
-def _report_freshness(context: SensorEvaluationContext, audit: Audit, asset_graph, cursor: dict) -> None:
+def _report_freshness(context: SensorEvaluationContext, audit: Audit, asset_graph, cursor: dict,
+                      last_runs: dict[str, dict]) -> None:
     """Record the per-symbol freshness check (runless) when its table changed, or every 10 minutes."""
     key = SYMBOL_FRESHNESS_CHECK_KEY
     if key not in asset_graph.asset_check_keys:
         return
-    evaluation, digest_source = freshness_evaluation(audit, last_runs_by_symbol(context.instance))
+    evaluation, digest_source = freshness_evaluation(audit, last_runs)
     digest = hashlib.sha1(digest_source.encode()).hexdigest()[:16]
     now = int(time.time() * 1000)
     if digest == cursor.get("freshness_digest") and now - cursor.get("freshness_at", 0) < FRESHNESS_REPORT_EVERY_MS:

@@ -92,7 +92,7 @@ class ArchiveRoutes:
 
         files = plan_files(symbol.replace("/", ""), days)
         with self._lock:
-            self._cache_size = max(self._cache_size, len(files) + _CACHED_FILES)
+            self._cache_size += len(files)  # every symbol prebuilt stays served from memory
         for f in files:
             self._file(symbol, f.period, *_period_ms(f.period))
         return len(files)

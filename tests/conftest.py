@@ -67,11 +67,15 @@ def _isolated_env(monkeypatch, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _fresh_exchange_state():
-    """Budgets and market lists are shared per process and per URL; a test's emulator may reuse a port."""
+    """Budgets, market lists and archive download bounds are shared per process and per URL; a test's emulator
+    may reuse a port."""
     yield
     module = sys.modules.get("lakehouse.exchange.ccxt_client")
     if module is not None:
         module.forget_shared_state()
+    module = sys.modules.get("lakehouse.exchange.archive")
+    if module is not None:
+        module.forget_hosts()
 @pytest.fixture(scope="session")
 def s3_server():
     """One loopback S3-compatible server for the session (each test takes its own bucket)."""

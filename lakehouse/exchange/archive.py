@@ -43,7 +43,10 @@ from ..timeutil import DAY_MS, MINUTE_MS, day_start_ms
 
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 MICROSECONDS_FROM = dt.date(2025, 1, 1)  # Binance spot files switched open/close times to microseconds
-WORKERS = 4  # concurrent downloads per ingest: enough to hide latency, few enough to be polite
+WORKERS = 4  # files one symbol downloads ahead: enough to hide latency
+# Downloads at once to one archive host from this process, however many symbols are fetched side by side: a
+# few connections fill a link, and each download in progress holds a file's CSV in memory.
+HOST_DOWNLOADS = 16
 _CHUNK = 1 << 20
 _SPOOL_BYTES = 16 << 20  # a download larger than this spills to a temporary file instead of memory
 _MAX_FILE_BYTES = 512 << 20  # no kline file is anywhere near this; a larger body is not one
@@ -221,6 +224,23 @@ def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str) -> bytes:
     return data
 
 
+_HOSTS: dict[str, threading.BoundedSemaphore] = {}
+_HOSTS_LOCK = threading.Lock()
+
+
+def _host_slots(base_url: str, downloads: int) -> threading.BoundedSemaphore:
+    """The one bound of downloads in progress per archive host, shared by every client of the process (the
+    first client to use a host sets it)."""
+    with _HOSTS_LOCK:
+        return _HOSTS.setdefault(base_url, threading.BoundedSemaphore(max(1, downloads)))
+
+
+def forget_hosts() -> None:
+    """Forget the download bounds set per host (what a new process starts from)."""
+    with _HOSTS_LOCK:
+        _HOSTS.clear()
+
+
 class KlineArchive:
     """Downloads, verifies and splits archive files into days; see the module docstring."""
 
@@ -231,6 +251,7 @@ class KlineArchive:
         timeout_s: float = 10.0,
         max_retries: int = 5,
         workers: int = WORKERS,
+        host_downloads: int = HOST_DOWNLOADS,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -239,6 +260,7 @@ class KlineArchive:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.workers = max(1, workers)
+        self._slots = _host_slots(self.base_url, host_downloads)
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
@@ -335,7 +357,8 @@ class KlineArchive:
             if self._down:
                 raise ArchiveUnreachable(self._down)
             try:
-                rows = self._download_verified(file)
+                with self._slots:  # for the download and its parse only, not for a backoff
+                    rows = self._download_verified(file)
                 self._count(files=1)
                 return rows
             except NotPublished:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -21,7 +23,7 @@ from lakehouse.exchange.archive import ArchiveFile, CorruptFile, KlineArchive, _
 from lakehouse.exchange.ccxt_client import CcxtExchange
 from lakehouse.exchange.emulator import BinanceEmulator
 from lakehouse.exchange.simulated import SimulatedSource
-from lakehouse.ingest import ingest_days
+from lakehouse.ingest import ingest_days, ingest_symbols
 from lakehouse.schema import RAW_OHLCV
 from lakehouse.storage import Storage
 from lakehouse.timeutil import DAY_MS, MINUTE_MS, day_start_ms
@@ -235,6 +237,47 @@ def test_resume_keeps_days_already_written_and_does_not_download_them(emulator, 
     assert emulator.archive.stats()["zip"] == 2
     assert report.metadata()["sources"] == {"archive": 2}
     assert_exact(storage, rest_reference, source, [days[0], days[2]])
+
+
+class CountingArchive(KlineArchive):
+    """Counts the downloads in progress at once over every instance; each takes a while, so they overlap."""
+
+    lock = threading.Lock()
+    active = peak = 0
+
+    def _download_verified(self, file):
+        cls = CountingArchive
+        with cls.lock:
+            cls.active += 1
+            cls.peak = max(cls.peak, cls.active)
+        try:
+            time.sleep(0.03)
+            return super()._download_verified(file)
+        finally:
+            with cls.lock:
+                cls.active -= 1
+
+
+def test_symbols_side_by_side_share_one_bound_of_downloads_per_archive_host(emulator, tmp_path, source):
+    # Three symbols fetched side by side, each downloading up to 4 files ahead: without one bound per host
+    # that is 12 downloads at once.
+    clients = []
+    for _ in range(3):
+        c = client(emulator, archive_url=None)
+        c.archive = CountingArchive(emulator.url, timeout_s=10.0, workers=4, host_downloads=2)
+        clients.append(c)
+    days = span(D(2024, 12, 20), D(2024, 12, 25))
+    symbols = ["BTC/USDT", "ETH/USDT", "LTC/USDT"]
+    storage = Storage(tmp_path)
+    reports = ingest_symbols(clients, storage, {s: days for s in symbols})
+    assert CountingArchive.peak == 2
+    assert [r.metadata()["sources"] for r in reports] == [{"archive": 6}] * 3
+    for s in symbols:
+        for day in days:
+            got = storage.read_partition(RAW_OHLCV, "binance", s, day)
+            start = day_start_ms(day)
+            truth = source.candles(s, start, start + DAY_MS)
+            assert got.height == len(truth) and (got["open"].to_numpy() == truth[:, 1]).all(), (s, day)
 
 
 def test_cli_backfill_takes_the_archive_from_the_environment(emulator, source, rest_reference, monkeypatch, tmp_path):

@@ -7,6 +7,8 @@ Imports nothing heavy: `lakehouse --help` and the commands that never run Dagste
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
 
 import click
 
@@ -14,6 +16,30 @@ from lakehouse.config import Settings
 from lakehouse.errors import UserInputError, shorten
 from lakehouse.symbols import validate_symbol
 from lakehouse.timeutil import parse_day
+
+
+_user_stderr = None
+
+
+def pin_user_stderr() -> None:
+    """Keep a handle on stderr as it is when the command starts (the user's terminal or log).
+
+    While a Dagster run executes in this process, Dagster points file descriptors 1 and 2 at a compute-log file
+    and a `tail` process copies it back a second or more later; a live bar written there stops (stderr is no
+    longer a terminal) and a message on Ctrl-C lands in that file. Progress and messages go to this copy."""
+    global _user_stderr
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests): write to it as it is
+        _user_stderr = None
+        return
+    _user_stderr = os.fdopen(os.dup(fd), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                             errors="replace")
+
+
+def user_stderr():
+    """Where the command's progress and messages go: the stderr pinned at start, else sys.stderr."""
+    return _user_stderr if _user_stderr is not None else sys.stderr
 
 
 class UsageFailure(click.ClickException):

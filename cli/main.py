@@ -17,7 +17,7 @@ import threading
 
 import click
 
-from .common import load_settings
+from .common import load_settings, pin_user_stderr, user_stderr
 
 _HELP_ONLY = "lakehouse.help_only"
 # name -> ("module:attribute", one-line help for `lakehouse --help`; the command's own --help has the rest)
@@ -95,6 +95,7 @@ def main() -> None:
     bench/compare.py). Python's own exit steps that matter still run, in its order: waiting for non-daemon
     threads (and shutting down idle executors), then the atexit handlers (logging's flush among them).
     """
+    pin_user_stderr()
     try:
         cli(prog_name="lakehouse")
         code = 0
@@ -110,7 +111,7 @@ def main() -> None:
         raise SystemExit(code)
     shutdown()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, user_stderr()):
         try:
             stream.flush()
         except Exception:  # a closed pipe (lakehouse runs | head): nothing left to say

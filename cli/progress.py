@@ -9,6 +9,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .common import user_stderr
+
 
 PROGRESS_INTERVAL_ENV = "LAKEHOUSE_PROGRESS_INTERVAL_S"
 
@@ -35,7 +37,7 @@ class ProgressDisplay:
         self.rows = 0
         self.rows_label = rows_label
         self.note = ""
-        self.stream = stream or sys.stderr
+        self.stream = stream or user_stderr()
         self.interval_s = progress_interval_s() if interval_s is None else interval_s
         self.plain = (not self.stream.isatty()) if force_plain is None else force_plain
         self._started = time.monotonic()

@@ -27,6 +27,8 @@ from lakehouse.ingest import contiguous_ranges
 from lakehouse.liveness import ProcessStamp
 from lakehouse.run_tags import RunGroup, group_runs
 
+from .common import user_stderr
+
 # Identifies the run a worker thread is executing, before materialize() returns its id.
 LAUNCH_TAG = "lakehouse/launch"
 EXIT_TIMEOUT = 3
@@ -75,7 +77,7 @@ def runs_text(counts: dict) -> str:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(message, file=user_stderr(), flush=True)
 
 
 class Guard:
@@ -272,6 +274,7 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], group: RunG
 
     if guard is not None:
         guard.wait_for_pools(selection_pools(defs, selection))
+        guard._note(f"starting the run for {group.label} {group.start}..{group.end}")
     box: dict = {}
 
     def work() -> None:
@@ -332,7 +335,9 @@ def run_plan(instance, defs, selection, plan: dict[str, list[dt.date]], display=
     seen: list[set] = [set()]
 
     def on_event(event: progress.ProgressEvent) -> None:
-        if event.kind == "partition_done":
+        if event.kind == "waiting" and display is not None:
+            display.update(note=event.detail or "")
+        elif event.kind == "partition_done":
             key = (event.layer, event.symbol, event.day)
             if key in seen[0]:
                 return

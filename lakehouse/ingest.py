@@ -525,6 +525,8 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     """
     results, fallbacks, pending = [], {}, collections.deque()
     requests_before = exchange.archive.stats.requests
+    progress.emit(progress.ProgressEvent("waiting", RAW_OHLCV, symbol,
+                                         detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
     # Days arrive far faster than REST pages, so writing them is what remains. Per batch of complete days one
     # frame is built and each day written from a slice of it (a frame per day cost as much as encoding it);
     # a day with gaps is completed from REST on a writer too, so its requests do not hold up the others. A

@@ -380,6 +380,7 @@ class CcxtExchange(Exchange):
         with shared.lock:  # workers and clients of this process load the list once
             fresh = shared.markets is not None and time.monotonic() - shared.loaded_at < MARKETS_TTL_S
             if reload or not fresh:
+                progress.emit(progress.ProgressEvent("waiting", "raw_ohlcv", detail=f"loading {self.id}'s markets"))
                 if not self.governor.calibrated:
                     self._probe()
                 shared.markets = self._call(self._load_markets, weight=20)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pty
+import re
+import select
 import shutil
 import signal
 import subprocess
@@ -168,12 +171,51 @@ def test_ctrl_c_cancels_the_run_frees_its_slot_keeps_what_was_written_and_exits_
     assert time.monotonic() - sent < 5
     stderr = err.read_text()
     assert "backfill interrupted by SIGINT" in stderr and f"run {run_id} canceled; its pool slots freed" in stderr
+    # Said straight to the user's stderr, not into the interrupted run's compute log.
+    assert not any("interrupted" in f.read_text() for f in home.glob("storage/*/compute_logs/*.err"))
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELED
     assert slot_holders(instance) == [] and queued_claims(instance, run_id) == []
     # What finished stays, whole: every partition file present is a readable, complete day.
     for day in days(first, last):
         if raw_file("BTC/USDT", day).exists():
             assert pl.read_parquet(raw_file("BTC/USDT", day)).height == 1440
+
+
+def test_the_bar_advances_on_the_terminal_while_the_run_fetches(tmp_path, home, instance, emulator):
+    # While a step runs, Dagster points the process's stderr at a compute-log file; the bar must keep drawing on
+    # the user's terminal all the same, not freeze at 0 and jump to the end.
+    first, last = utc_today() - dt.timedelta(days=6), utc_today() - dt.timedelta(days=1)
+    track("BTC/USDT", start=first)
+    terminal, child_end = pty.openpty()
+    proc = subprocess.Popen([LAKEHOUSE, "backfill", "--start", str(first), "--end", str(last), "--assets", "raw_ohlcv"],
+                            stdout=subprocess.DEVNULL, stderr=child_end,
+                            # one request at a time: the days land one by one, 0.5 s apart
+                            env={**os.environ, "COLUMNS": "200", "LAKEHOUSE_FETCH_CONCURRENCY": "1"})
+    os.close(child_end)
+    shown = b""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the terminal's other end is closed: the command and its helpers are gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(terminal)
+    assert proc.wait(30) == 0, shown[-2000:]
+    counts = [(int(done), int(total)) for done, total in re.findall(rb"(\d+)/(\d+)", shown)]
+    assert (6, 6) in counts, shown[-2000:]
+    assert any(0 < done < total for done, total in counts), shown[-2000:]
+    # Before the first day lands, it says what it is waiting for.
+    assert f"starting the run for BTC/USDT {first}..{last}".encode() in shown
+    assert b"loading binance's markets" in shown
+    # Nothing the command says lands in the run's compute log.
+    assert not any("backfill" in f.read_text() for f in home.glob("storage/*/compute_logs/*.err"))
 
 
 def test_a_wait_for_a_held_slot_says_who_holds_it_and_ends_at_timeout(tmp_path, home, instance):

@@ -233,7 +233,8 @@ def test_a_new_process_reads_the_weight_already_used_before_sending(source, stor
             ingest_days(client, storage, "BTC/USDT", [D1])
         assert (emu.count_429, emu.count_418) == (0, 0)
         assert client.governor.waits >= 1  # it waited for the window to reset instead of sending exchangeInfo
-        assert notes and "for the exchange's request-weight window to reset (5991/6000 used)" in notes[0]
+        assert notes[0] == "loading binance's markets"
+        assert "for the exchange's request-weight window to reset (5991/6000 used)" in notes[1]
         assert emu.stats()["paths"]["/api/v3/time"] == 1  # the cheap first call
 
 

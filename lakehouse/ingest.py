@@ -525,6 +525,8 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     """
     results, fallbacks, pending = [], {}, collections.deque()
     requests_before = exchange.archive.stats.requests
+    market = exchange.markets().get(symbol)
+    market_id = market.id if market is not None and market.id else None
     progress.emit(progress.ProgressEvent("waiting", RAW_OHLCV, symbol,
                                          detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
     # Days arrive far faster than REST pages, so writing them is what remains. Per batch of complete days one
@@ -548,7 +550,8 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
             results.append(pending.popleft().result())
 
     with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
-            contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end)) as got_days:
+            contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end,
+                                                     market_id=market_id)) as got_days:
         for got in got_days:
             if got.rows is None:
                 if got.reason:

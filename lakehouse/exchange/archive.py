@@ -390,13 +390,15 @@ class KlineArchive:
         self._sleep(delay * random.uniform(0.5, 1.5))  # jitter, as for REST
 
     # days ---------------------------------------------------------------------------------------
-    def days(self, symbol: str, days: Iterable[dt.date], *, listing_ms: int | None, closed_end_ms: int) -> Iterator[ArchiveDay]:
+    def days(self, symbol: str, days: Iterable[dt.date], *, listing_ms: int | None, closed_end_ms: int,
+             market_id: str | None = None) -> Iterator[ArchiveDay]:
         """For each closed day from the symbol's listing on, an ArchiveDay (rows or the reason there are none).
 
         Days still open or before the listing are not yielded: they are REST's. Files download concurrently
-        (at most `workers` at once, and no more parsed files held than that), in date order.
+        (at most `workers` at once, and no more parsed files held than that), in date order. Files are named by
+        the exchange's `market_id` (BASE + QUOTE when not given; ccxt renames a few currencies).
         """
-        market_id = symbol.replace("/", "")
+        market_id = market_id or symbol.replace("/", "")
         offered = [
             d for d in sorted(set(days))
             if day_start_ms(d) + DAY_MS <= closed_end_ms and (listing_ms is None or day_start_ms(d) + DAY_MS > listing_ms)

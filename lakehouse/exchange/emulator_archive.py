@@ -160,7 +160,7 @@ class ArchiveRoutes:
         if m["checksum"]:
             with self._lock:
                 forged = self._forged_checksums.pop(zip_path, None)
-            built = self._file(unified, m["period"], start, end)
+            built = self._file(unified, m["period"], start, end, m["id"])
             if built is None:
                 return _not_found()
             digest = forged or built[1]
@@ -169,7 +169,7 @@ class ArchiveRoutes:
         fault = self._pop_fault(zip_path)
         if fault is not None and fault.kind == "missing":
             return _not_found()
-        built = self._file(unified, m["period"], start, end)
+        built = self._file(unified, m["period"], start, end, m["id"])
         if built is None:
             return _not_found()
         body = built[0]
@@ -212,15 +212,18 @@ class ArchiveRoutes:
                 lines = [line for i, line in enumerate(lines) if i % int(fault.params["stride"])]
             else:
                 del lines[len(lines) // 3: len(lines) // 3 + 10]
-            broken = _zip(period, unified, b"".join(lines))
+            broken = _zip(period, unified.replace("/", ""), b"".join(lines))
         with self._lock:
             self._forged_checksums[zip_path] = hashlib.sha256(broken).hexdigest()
         return _Response(200, broken, "application/zip")
 
-    def _file(self, unified: str, period: str, start: int, end: int) -> tuple[bytes, str] | None:
+    def _file(self, unified: str, period: str, start: int, end: int,
+              market_id: str | None = None) -> tuple[bytes, str] | None:
         """(zip bytes, sha256) of a published file, None if the period has no candle; the last few are kept
-        because a download, its CHECKSUM and a retry all need the same file."""
-        key = (unified, period)
+        because a download, its CHECKSUM and a retry all need the same file. Its CSV is named by the market id
+        asked for, as the exchange names its files."""
+        market_id = market_id or unified.replace("/", "")
+        key = (market_id, period)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -228,7 +231,7 @@ class ArchiveRoutes:
         csv = _csv(self.emulator, unified, start, end)
         built = None
         if csv:
-            body = _zip(period, unified, csv)
+            body = _zip(period, market_id, csv)
             built = body, hashlib.sha256(body).hexdigest()
         with self._lock:
             self._cache[key] = built
@@ -274,11 +277,11 @@ def _csv(emulator, unified: str, start: int, end: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _zip(period: str, unified: str, csv: bytes) -> bytes:
+def _zip(period: str, market_id: str, csv: bytes) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         # A fixed timestamp: the same file is the same bytes whenever it is built.
-        info = zipfile.ZipInfo(f"{unified.replace('/', '')}-1m-{period}.csv", date_time=(2000, 1, 1, 0, 0, 0))
+        info = zipfile.ZipInfo(f"{market_id}-1m-{period}.csv", date_time=(2000, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
         zf.writestr(info, csv, compresslevel=1)
     return buf.getvalue()

@@ -7,6 +7,7 @@ Every test ends with the stored candles equal, bit for bit, to what the REST pat
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import threading
@@ -278,6 +279,23 @@ def test_symbols_side_by_side_share_one_bound_of_downloads_per_archive_host(emul
             start = day_start_ms(day)
             truth = source.candles(s, start, start + DAY_MS)
             assert got.height == len(truth) and (got["open"].to_numpy() == truth[:, 1]).all(), (s, day)
+
+
+def test_archive_files_are_named_by_the_exchanges_market_id(emulator, storage, source, rest_reference, monkeypatch):
+    # ccxt renames a few currencies (Binance's YOYOBTC is YOYOW/BTC): the archive names files by the exchange's id.
+    monkeypatch.setitem(emulator._ids, "XBTUSDT", SYMBOL)  # the host serves BTC/USDT's files under that id too
+    c = client(emulator, archive_url=None)
+    c.archive = KlineArchive(emulator.url, timeout_s=10.0, max_retries=2, backoff_base_s=0.01)
+    real = c.markets
+    monkeypatch.setattr(c, "markets", lambda reload=False: {
+        **real(reload), SYMBOL: dataclasses.replace(real(reload)[SYMBOL], id="XBTUSDT")})
+    asked = []
+    monkeypatch.setattr(c.archive, "fetch", lambda file, fetch=c.archive.fetch: asked.append(file.name) or fetch(file))
+    days = span(D(2024, 12, 28), D(2024, 12, 30))
+    report = ingest_days(c, storage, SYMBOL, days)
+    assert asked == [f"XBTUSDT-1m-{d}.zip" for d in days]
+    assert report.metadata()["sources"] == {"archive": 3}
+    assert_exact(storage, rest_reference, source, days)
 
 
 def test_cli_backfill_takes_the_archive_from_the_environment(emulator, source, rest_reference, monkeypatch, tmp_path):

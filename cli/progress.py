@@ -41,6 +41,7 @@ class ProgressDisplay:
         self.interval_s = progress_interval_s() if interval_s is None else interval_s
         self.plain = (not self.stream.isatty()) if force_plain is None else force_plain
         self._started = time.monotonic()
+        self._first_at: float | None = None  # when the first partition finished
         self._last_print = 0.0
         self._progress: Progress | None = None
         self._task = None
@@ -68,11 +69,13 @@ class ProgressDisplay:
         return "  ".join(p for p in parts if p)
 
     def eta_s(self) -> float | None:
-        elapsed = time.monotonic() - self._started
+        """Seconds left at the pace since the first partition finished: the time before it (starting the run,
+        loading markets, the first downloads) is paid once, so counting it would inflate every estimate."""
         finished = self.done + self.failed
-        if not finished or finished >= self.total:
+        if self._first_at is None or finished < 2 or finished >= self.total:
             return None
-        return elapsed / finished * (self.total - finished)
+        pace = (time.monotonic() - self._first_at) / (finished - 1)
+        return pace * (self.total - finished)
 
     def _print_line(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -115,6 +118,8 @@ class ProgressDisplay:
         self._refresh()
 
     def _refresh(self) -> None:
+        if self._first_at is None and self.done + self.failed:
+            self._first_at = time.monotonic()
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done + self.failed, total=self.total, detail=self._detail())
         else:

@@ -187,3 +187,21 @@ def test_console_script_usage_error_exits_2_with_its_message():
                             text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert result.returncode == 2
     assert "invalid --start 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eta_counts_the_pace_since_the_first_partition_not_the_start(monkeypatch):
+    import io
+
+    from cli import progress as cli_progress
+
+    now = [100.0]
+    monkeypatch.setattr(cli_progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    with cli_progress.ProgressDisplay(10, "backfill", stream=out, force_plain=True, interval_s=0) as display:
+        now[0] = 104.0  # 4 s of starting the run before the first partition lands
+        display.advance(rows=1440)
+        assert display.eta_s() is None  # one partition tells no pace yet
+        now[0] = 105.0
+        display.advance(rows=1440)
+        assert display.eta_s() == 8.0  # 1 s a partition, 8 left (counting the start: 20 s)
+    assert "backfill: 2/10 done (0 failed) 2,880 rows, elapsed 5s, ETA 8s" in out.getvalue()

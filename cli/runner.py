@@ -134,7 +134,7 @@ class Guard:
             why = f"timed out after {self.timeout_s:g}s (--timeout)" + (f" {waiting}" if waiting else "")
             self.stop(run_id, launch, EXIT_TIMEOUT, why)
 
-    def _note(self, text: str | None) -> None:
+    def note(self, text: str | None) -> None:
         if self.display is not None:
             self.display.update(note=text or "")
         elif text:
@@ -149,7 +149,7 @@ class Guard:
         busy = pool_is_busy(self.instance, pools)
         started, last_reap = time.monotonic(), 0.0
         while busy is not None:
-            self._note(f"{busy}; waited {time.monotonic() - started:.0f}s")
+            self.note(f"{busy}; waited {time.monotonic() - started:.0f}s")
             self.check(None, None, busy)
             if time.monotonic() - last_reap >= WAIT_CHECK_S * 2:
                 self.reap()
@@ -157,7 +157,7 @@ class Guard:
             time.sleep(POLL_S)
             busy = pool_is_busy(self.instance, pools)
         if time.monotonic() - started > POLL_S:
-            self._note("")
+            self.note("")
 
     def watch(self, worker: threading.Thread, launch: str) -> str | None:
         """Wait for the worker thread's run to end, watching it; returns the run id."""
@@ -177,12 +177,12 @@ class Guard:
             state = waiting_for(self.instance, run_id)
             if state is None:
                 if waiting is not None:
-                    self._note("")
+                    self.note("")
                 waiting, wait_started = None, None
                 continue
             wait_started = wait_started or now
             waiting = state
-            self._note(f"{waiting}; waited {now - wait_started:.0f}s")
+            self.note(f"{waiting}; waited {now - wait_started:.0f}s")
             if now - last_reap >= WAIT_CHECK_S * 2:
                 self.reap()
                 last_reap = now
@@ -274,7 +274,7 @@ def run_range(instance: DagsterInstance, defs, selection: list[str], group: RunG
 
     if guard is not None:
         guard.wait_for_pools(selection_pools(defs, selection))
-        guard._note(f"starting the run for {group.label} {group.start}..{group.end}")
+        guard.note(f"starting the run for {group.label} {group.start}..{group.end}")
     box: dict = {}
 
     def work() -> None:

@@ -175,7 +175,7 @@ class ArchiveRoutes:
         body = built[0]
         if fault is None:
             return _Response(200, body, "application/zip")
-        return self._faulty(fault, zip_path, unified, m["period"], start, end, body)
+        return self._faulty(fault, zip_path, unified, m["id"], m["period"], start, end, body)
 
     def _pop_fault(self, path: str) -> _Fault | None:
         with self._lock:
@@ -188,7 +188,8 @@ class ArchiveRoutes:
                     return fault
         return None
 
-    def _faulty(self, fault: _Fault, zip_path: str, unified: str, period: str, start: int, end: int, body: bytes):
+    def _faulty(self, fault: _Fault, zip_path: str, unified: str, market_id: str, period: str, start: int, end: int,
+                body: bytes):
         from .emulator import _Response
 
         kind = fault.kind
@@ -212,7 +213,7 @@ class ArchiveRoutes:
                 lines = [line for i, line in enumerate(lines) if i % int(fault.params["stride"])]
             else:
                 del lines[len(lines) // 3: len(lines) // 3 + 10]
-            broken = _zip(period, unified.replace("/", ""), b"".join(lines))
+            broken = _zip(period, market_id, b"".join(lines))
         with self._lock:
             self._forged_checksums[zip_path] = hashlib.sha256(broken).hexdigest()
         return _Response(200, broken, "application/zip")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from derive import raw_year  # noqa: E402
 from lakehouse.clean import clean_candles  # noqa: E402
 from lakehouse.resample import resample  # noqa: E402
-from lakehouse.storage import _write_parquet_atomic, scan_files  # noqa: E402  (what every partition goes through)
+from lakehouse.storage import _write_atomic, parquet_bytes, scan_files  # noqa: E402  (what every partition goes through)
 
 
 def best_of(repeat: int, fn) -> tuple[float, object]:
@@ -52,7 +52,7 @@ def measure(frames: list[pl.DataFrame], wanted: pl.Expr, repeat: int) -> dict:
             paths = []
             for i, frame in enumerate(frames):
                 path = Path(root) / f"k={i:04d}" / "part.parquet"
-                _write_parquet_atomic(frame, path)
+                _write_atomic(parquet_bytes(frame), path)
                 paths.append(str(path))
             return paths
 

@@ -34,7 +34,8 @@ from .storage import Storage
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms, ms_to_iso
 
 _ARCHIVE_WRITERS = 16  # archive days written at once: concurrent fsyncs share journal commits (bench/ingest.py --archive)
-_ARCHIVE_BATCH_DAYS = 31  # archive days turned into one frame at a time: a month of one symbol
+_ARCHIVE_BATCH_DAYS = 31  # archive days turned into one frame and encoded together: a month of one symbol
+_ARCHIVE_ENCODERS = 2  # batches encoded at once; polars spreads each one over the cores already
 
 
 @dataclasses.dataclass
@@ -494,8 +495,9 @@ def _store_day(storage, exchange, symbol, plan: _DayPlan, parts, listing: _Listi
 
 
 def _store_frame(storage, exchange_id, symbol, day, frame: pl.DataFrame, ts: np.ndarray, listing: _Listing,
-                 closed_end, source: str = "rest") -> DayResult:
-    """Write one day's rows (`ts`: their open times in ms) and measure them against the day's window."""
+                 closed_end, source: str = "rest", encoded: bytes | None = None) -> DayResult:
+    """Write one day's rows (`ts`: their open times in ms; `encoded`: the frame's file from storage.encode, if
+    made already) and measure them against the day's window."""
     start = day_start_ms(day)
     on_minute = ts % MINUTE_MS == 0
     # Rows as the exchange sends them are almost always strictly increasing minutes: no sort needed then.
@@ -503,7 +505,10 @@ def _store_frame(storage, exchange_id, symbol, day, frame: pl.DataFrame, ts: np.
     window_end = min(start + DAY_MS, closed_end)
     window_start = start if (minutes.size and minutes[0] == start) else listing.window_start(start)
     expected = max(0, (window_end - window_start) // MINUTE_MS)
-    storage.write_partition(RAW_OHLCV, exchange_id, symbol, day, frame)
+    if encoded is None:
+        storage.write_partition(RAW_OHLCV, exchange_id, symbol, day, frame)
+    else:
+        storage.write_encoded(RAW_OHLCV, exchange_id, symbol, day, encoded)
     result = DayResult(
         symbol, day, int(frame.height), int(expected),
         int(minutes[0]) if minutes.size else None, int(minutes[-1]) if minutes.size else None,
@@ -523,33 +528,43 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     stored days, the reason for each day left to REST that the archive should have had, and the number of
     archive requests made.
     """
-    results, fallbacks, pending = [], {}, collections.deque()
+    results, fallbacks = [], {}
+    pending: collections.deque = collections.deque()  # (future of a list of DayResult, days it stores), in order
     requests_before = exchange.archive.stats.requests
     market = exchange.markets().get(symbol)
     market_id = market.id if market is not None and market.id else None
     progress.emit(progress.ProgressEvent("waiting", RAW_OHLCV, symbol,
                                          detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
     # Days arrive far faster than REST pages, so writing them is what remains. Per batch of complete days one
-    # frame is built and each day written from a slice of it (a frame per day cost as much as encoding it);
-    # a day with gaps is completed from REST on a writer too, so its requests do not hold up the others. A
-    # few writers overlap the encoding and fsyncs, and a short queue keeps memory bounded.
+    # frame is built, its days' files encoded in one polars run (a frame or a run per day cost as much as the
+    # encoding itself), and each file written by a writer, so that fsyncs overlap; a day with gaps is
+    # completed from REST on a writer too, so its requests do not hold up the others. Only a few batches are
+    # in flight, which keeps memory bounded.
     batch: list[tuple[dt.date, np.ndarray]] = []
+
+    def store_batch(days_rows: list[tuple[dt.date, np.ndarray]]) -> list[DayResult]:
+        rows = np.concatenate([r for _, r in days_rows])
+        frame, ts = _frame(rows, exchange.id, symbol, now), rows[:, 0].astype(np.int64)
+        offsets = np.cumsum([0] + [len(r) for _, r in days_rows])
+        frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
+        encoded = storage.encode(RAW_OHLCV, frames)
+        written = [writers.submit(_store_frame, storage, exchange.id, symbol, day, frames[i],
+                                  ts[offsets[i]:offsets[i + 1]], listing, closed_end, "archive", encoded[i])
+                   for i, (day, _) in enumerate(days_rows)]
+        return [f.result() for f in written]
+
+    def store_gap_day(day: dt.date, rows: np.ndarray) -> list[DayResult]:
+        return [_store_with_rest_gaps(exchange, storage, symbol, day, rows, listing, closed_end, now)]
 
     def flush() -> None:
         if batch:
-            rows = np.concatenate([r for _, r in batch])
-            frame, ts = _frame(rows, exchange.id, symbol, now), rows[:, 0].astype(np.int64)
-            offset = 0
-            for day, day_rows in batch:
-                n = len(day_rows)
-                pending.append(writers.submit(_store_frame, storage, exchange.id, symbol, day, frame.slice(offset, n),
-                                              ts[offset:offset + n], listing, closed_end, "archive"))
-                offset += n
+            pending.append((encoders.submit(store_batch, list(batch)), len(batch)))
             batch.clear()
-        while len(pending) > _ARCHIVE_BATCH_DAYS:
-            results.append(pending.popleft().result())
+        while sum(n for _, n in pending) > 2 * _ARCHIVE_BATCH_DAYS:
+            results.extend(pending.popleft()[0].result())
 
     with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
+            concurrent.futures.ThreadPoolExecutor(_ARCHIVE_ENCODERS, thread_name_prefix="encode") as encoders, \
             contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end,
                                                      market_id=market_id)) as got_days:
         for got in got_days:
@@ -559,14 +574,14 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
                 continue
             start = day_start_ms(got.day)
             if _gaps(got.rows[:, 0].astype(np.int64), listing.window_start(start), start + DAY_MS):
-                pending.append(writers.submit(_store_with_rest_gaps, exchange, storage, symbol, got.day, got.rows,
-                                              listing, closed_end, now))
+                pending.append((writers.submit(store_gap_day, got.day, got.rows), 1))
             else:
                 batch.append((got.day, got.rows))
             if len(batch) >= _ARCHIVE_BATCH_DAYS:
                 flush()
         flush()
-        results.extend(f.result() for f in pending)
+        for future, _ in pending:
+            results.extend(future.result())
     return results, fallbacks, exchange.archive.stats.requests - requests_before
 
 

@@ -283,16 +283,16 @@ class ObjectStorage(Storage):
         self._list_dirs(None)
 
     # writes ----------------------------------------------------------------------------------
-    def write_partition(self, layer: str, exchange: str, symbol: str, day: dt.date, df: pl.DataFrame) -> str:
+    def write_encoded(self, layer: str, exchange: str, symbol: str, day: dt.date, data: bytes) -> str:
         if layer in UNPARTITIONED_LAYERS:
             raise StorageError(f"{layer} is one table, not partitioned by day: use write_table")
         key = self._partition_key(layer, exchange, symbol, day)
-        self._put_parquet(key, conform(df, layer))
+        self._put_bytes(key, data)
         return self.loc.key_url(key)
 
-    def _put_parquet(self, key: str, df: pl.DataFrame) -> None:
+    def _put_bytes(self, key: str, data: bytes) -> None:
         try:
-            self._put(key, parquet_bytes(df))
+            self._put(key, data)
         except StorageError:
             raise
         except Exception as exc:
@@ -312,7 +312,7 @@ class ObjectStorage(Storage):
 
     def write_table(self, layer: str, df: pl.DataFrame) -> str:
         path = self.table_path(layer)
-        self._put_parquet(self._key_of(path), conform(df, layer))
+        self._put_bytes(self._key_of(path), parquet_bytes(conform(df, layer)))
         return path
 
     def write_meta(self, name: str, data: bytes) -> None:

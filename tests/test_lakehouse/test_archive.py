@@ -221,6 +221,24 @@ def test_a_failed_write_stops_the_run_and_leaves_only_complete_files(emulator, s
     assert not [p for p in storage.root.rglob("*") if p.name.startswith(".tmp")]
 
 
+def test_a_months_complete_archive_days_are_encoded_in_one_run(emulator, storage, source, rest_reference, monkeypatch):
+    import lakehouse.storage
+
+    runs = []
+    encode = lakehouse.storage.parquet_bytes_many
+
+    def counted(frames):
+        runs.append(len(frames))
+        return encode(frames)
+
+    monkeypatch.setattr(lakehouse.storage, "parquet_bytes_many", counted)
+    days = span(D(2024, 12, 1), D(2024, 12, 31))  # one monthly file; 2024-12-10 has an outage REST agrees on
+    report = ingest_days(client(emulator), storage, SYMBOL, days)
+    assert sorted(runs) == [1, 30]  # the day with a gap on its own, after asking REST for its missing minutes
+    assert set(sources(report).values()) == {"archive"}
+    assert_exact(storage, rest_reference, source, days)
+
+
 def test_an_unreachable_archive_is_given_up_for_the_run(emulator, storage, source, rest_reference):
     days = span(D(2024, 11, 30), D(2024, 12, 31))  # a daily file, then a month: neither is tried once given up
     c = client(emulator, archive_url=f"http://127.0.0.1:{free_port()}", max_retries=1, workers=1)

@@ -40,7 +40,7 @@ def test_crash_mid_write_leaves_the_old_file_and_no_temp(storage, monkeypatch):
     def crash(self, *a, **k):
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
+    monkeypatch.setattr(os, "fsync", crash)  # the new bytes are in the temp file, not yet renamed
     with pytest.raises(KeyboardInterrupt):
         storage.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", DAY, frame(3, 9.0))
     monkeypatch.undo()
@@ -149,3 +149,20 @@ def test_a_written_file_has_the_layers_column_order_even_when_the_frame_has_anot
     shuffled = frame.select(list(reversed(frame.columns)))
     path = Storage(tmp_path).write_partition(RAW_OHLCV, "binance", "BTC/USDT", dt.date(2024, 1, 1), shuffled)
     assert list(pl.read_parquet_schema(path).items()) == list(LAYERS[RAW_OHLCV].items())
+
+
+def test_days_encoded_together_are_written_byte_for_byte_as_one_at_a_time(tmp_path):
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    frames = [frame(3, close=float(i)) for i in range(3)]
+    alone, together = Storage(tmp_path / "alone"), Storage(tmp_path / "together")
+    for day, f in zip(days, frames):
+        alone.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", day, f)
+    encoded = together.encode(RAW_OHLCV, [f.select(reversed(f.columns)) for f in frames])  # conformed too
+    for day, data in zip(days, encoded):
+        together.write_encoded(RAW_OHLCV, "simulated", "BTC/USDT", day, data)
+    for day in days:
+        paths = [s.partition_path(RAW_OHLCV, "simulated", "BTC/USDT", day) for s in (alone, together)]
+        assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert together.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[2])["close"].to_list() == [2.0] * 3
+    with pytest.raises(StorageError, match="use write_table"):
+        together.encode("scores", frames)

@@ -22,8 +22,8 @@ import polars as pl
 
 from .errors import ConfigError, CorruptPartitionError, StorageError
 from .schema import LAYERS, UNPARTITIONED_LAYERS, conform, empty
-from .storage import (META_DIR, PART_FILE, PartitionRef, PartitionStat, Storage, _safe_segment, is_day_name,
-                      parquet_bytes)
+from .storage import (META_DIR, PART_FILE, PartitionRef, PartitionStat, Storage, _safe_segment, check_partitioned,
+                      is_day_name, parquet_bytes)
 from .symbols import decode_symbol, encode_symbol
 from .timeutil import parse_day
 
@@ -284,8 +284,7 @@ class ObjectStorage(Storage):
 
     # writes ----------------------------------------------------------------------------------
     def write_encoded(self, layer: str, exchange: str, symbol: str, day: dt.date, data: bytes) -> str:
-        if layer in UNPARTITIONED_LAYERS:
-            raise StorageError(f"{layer} is one table, not partitioned by day: use write_table")
+        check_partitioned(layer)
         key = self._partition_key(layer, exchange, symbol, day)
         self._put_bytes(key, data)
         return self.loc.key_url(key)

@@ -99,14 +99,12 @@ class Storage:
 
     def encode(self, layer: str, frames: Sequence[pl.DataFrame]) -> list[bytes]:
         """The layer files' bytes for `frames`, for write_encoded: several days encode faster together."""
-        if layer in UNPARTITIONED_LAYERS:
-            raise StorageError(f"{layer} is one table, not partitioned by day: use write_table")
+        check_partitioned(layer)
         return parquet_bytes_many([conform(df, layer) for df in frames])
 
     def write_encoded(self, layer: str, exchange: str, symbol: str, day: dt.date, data: bytes) -> Path:
         """write_partition for a frame already turned into bytes by `encode`."""
-        if layer in UNPARTITIONED_LAYERS:
-            raise StorageError(f"{layer} is one table, not partitioned by day: use write_table")
+        check_partitioned(layer)
         path = self.partition_path(layer, exchange, symbol, day)
         _write_atomic(data, path)
         return path
@@ -396,6 +394,11 @@ def scan_files(paths: Sequence[str], filter: pl.Expr | None = None, select: Sequ
     size = max(_SCAN_CHUNK_FILES, -(-len(paths) // _SCAN_CHUNKS))
     frames = pl.collect_all([scan(paths[i:i + size]) for i in range(0, len(paths), size)])
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+
+def check_partitioned(layer: str) -> None:
+    if layer in UNPARTITIONED_LAYERS:
+        raise StorageError(f"{layer} is one table, not partitioned by day: use write_table")
 
 
 def parquet_bytes(df: pl.DataFrame) -> bytes:

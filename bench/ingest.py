@@ -171,6 +171,7 @@ ARCHIVE_YEAR = [dt.date(2024, 7, 1) + dt.timedelta(days=i) for i in range(365)] 
 # (weight per minute, round trip ms, jitter ms): Binance's default budget, a tight one, and the default budget
 # over a network like bench/compare.py's. The target is judged on the first: loopback without latency.
 ARCHIVE_CONDITIONS = ((6000, 0, 0), (600, 0, 0), (6000, 50, 20))
+YEAR_WEIGHT = 528 * KLINES_WEIGHT  # a symbol-year's klines over REST: more than one window of a tight budget
 
 
 def archive_child(url: str, root: str, mode: str) -> None:
@@ -214,6 +215,12 @@ def archive_vs_rest(conditions=ARCHIVE_CONDITIONS, rounds: int = 3) -> list[dict
                     emu.reset_limits()
                     emu.reset_counters()
                     emu.archive.reset_counters()
+                    if mode == "rest" and budget * 60 / emu.weight_window_s < YEAR_WEIGHT:
+                        # Windows start at epoch multiples, as Binance's do: a run that starts late in one gets a
+                        # fresh budget seconds later, so its wall would depend on the clock (13-58 s seen at 600).
+                        wait = -emu.rate_clock() % emu.weight_window_s
+                        print(f"  {label}: waiting {wait:.0f}s for a weight window to start", flush=True)
+                        time.sleep(wait)
                     print(f"  {label}: {mode}" + (f", round {i + 1}/{n}" if n > 1 else "") + " ...", flush=True)
                     out = subprocess.run([sys.executable, __file__, "--child-archive", emu.url, root, mode],
                                          capture_output=True, text=True, check=True)

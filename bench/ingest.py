@@ -133,10 +133,23 @@ def rerun_today(n_symbols: int, concurrency: int) -> dict:
         return {"elapsed_s": time.perf_counter() - started, "paths": emu.call("GET", "/_emulator/stats")["paths"]}
 
 
+def own_peak_mib() -> float:
+    """This process's peak RSS. Not ru_maxrss: Linux carries a parent's peak into its child across exec, so a
+    child of the process holding the emulator's files reported the parent's figure whenever it was larger."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(spec: str) -> None:
     """Run one measurement in this process and print it with the process's peak RSS."""
     result = run(**json.loads(spec))
-    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_mib"] = own_peak_mib()
     print(json.dumps(result))
 
 
@@ -150,8 +163,7 @@ def measure(**spec) -> dict:
 def one_symbol_year_child(url: str, root: str) -> None:
     client = CcxtExchange("binance", url=url, timeout_s=30)
     report = ingest_days(client, Storage(root), "SIM000/USDT", [FIRST + dt.timedelta(days=i) for i in range(365)])
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"candles": report.candles, "requests": report.requests, "peak_mib": round(peak_kib / 1024, 1)}))
+    print(json.dumps({"candles": report.candles, "requests": report.requests, "peak_mib": round(own_peak_mib(), 1)}))
 
 
 def one_symbol_year() -> dict:
@@ -187,7 +199,7 @@ def archive_child(url: str, root: str, mode: str) -> None:
     print(json.dumps({
         "wall_s": wall, "candles": report.candles, "rest_requests": report.requests,
         "archive_requests": report.archive_requests, "sources": report.metadata()["sources"],
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": own_peak_mib(),
     }))
 
 
@@ -200,10 +212,14 @@ def archive_vs_rest(conditions=ARCHIVE_CONDITIONS, rounds: int = 3) -> list[dict
 
     source = SimulatedSource(synthetic=1, outage_rate=0.02)  # real source gaps: the archive path checks them
     results = []
-    for budget, latency_ms, jitter_ms in conditions:
+    # Every lakehouse stays until the end: deleting one makes the next files slower to create (see the README).
+    everything = tempfile.TemporaryDirectory()
+    for c, (budget, latency_ms, jitter_ms) in enumerate(conditions):
         judged = budget == 6000 and not latency_ms
+        base = os.path.join(everything.name, f"condition-{c}")
+        os.mkdir(base)
         with BinanceEmulator(source=source, weight_limit=budget, weight_window_s=60, latency_ms=latency_ms,
-                             jitter_ms=jitter_ms) as emu, tempfile.TemporaryDirectory() as base:
+                             jitter_ms=jitter_ms) as emu:
             emu.archive.prebuild("SIM000/USDT", ARCHIVE_YEAR)  # a file host serves files it already has
             label = f"{budget} w/min" + (f", {latency_ms:g}+-{jitter_ms:g} ms" if latency_ms else "")
             row = {"budget": budget, "latency_ms": latency_ms, "label": label, "round_ratios": [],
@@ -237,8 +253,9 @@ def archive_vs_rest(conditions=ARCHIVE_CONDITIONS, rounds: int = 3) -> list[dict
                 if a is None or b is None or not a.drop("fetched_at").equals(b.drop("fetched_at")):
                     differing += 1
             row["days_differing"] = differing
-            row["store_floor_s"] = store_floor(arch_root)
+            row["store_floor_s"] = store_floor(arch_root, os.path.join(base, "floor"))
             results.append(row)
+    everything.cleanup()
     return results
 
 
@@ -262,16 +279,16 @@ def create_cost_ms(base: str, n: int = 200) -> float:
     return (time.perf_counter() - started) * 1000 / n
 
 
-def store_floor(root: str) -> float:
-    """Seconds to write the year's daily Parquet files alone: the part of either path no source can save."""
+def store_floor(root: str, other: str) -> float:
+    """Seconds to write the year's daily Parquet files alone (read from `root`, written to the new lakehouse
+    `other`): the part of either path no source can save."""
     from lakehouse.schema import RAW_OHLCV
 
     frames = [(d, Storage(root).read_partition(RAW_OHLCV, "binance", "SIM000/USDT", d)) for d in ARCHIVE_YEAR]
-    with tempfile.TemporaryDirectory() as other:
-        started = time.perf_counter()
-        for day, df in frames:
-            Storage(other).write_partition(RAW_OHLCV, "binance", "SIM000/USDT", day, df)
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    for day, df in frames:
+        Storage(other).write_partition(RAW_OHLCV, "binance", "SIM000/USDT", day, df)
+    return time.perf_counter() - started
 
 
 def print_archive_vs_rest(rows: list[dict]) -> None:

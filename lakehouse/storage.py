@@ -172,20 +172,8 @@ class Storage:
             return None
 
     def write_meta(self, name: str, data: bytes) -> None:
-        """Replace a metadata document atomically (same temp + fsync + rename as partitions)."""
-        path = self.meta_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_stale_temp(path.parent)
-        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        """Replace a metadata document atomically (the same temp + fsync + rename as partitions)."""
+        _write_atomic(data, self.meta_path(name))
 
     def update_meta(self, name: str, change: Callable[[bytes | None], bytes | None]) -> None:
         """Read-modify-write of a metadata document that concurrent writers cannot interleave.
@@ -428,7 +416,7 @@ def _write_atomic(data: bytes, path: Path) -> None:
         _sweep_stale_temp(path.parent)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+    tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}{path.suffix}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:

@@ -25,6 +25,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.peak import own_peak_mib  # noqa: E402
 from lakehouse.clean import clean_candles  # noqa: E402
 from lakehouse.exchange.simulated import SimulatedSource  # noqa: E402
 from lakehouse.indicators import compute_indicators, talib_indicators  # noqa: E402
@@ -227,8 +228,7 @@ def assets_child(symbol: str, year: str, plain_s: str) -> None:
     import json
 
     ratio = assets_check(raw_year(symbol, int(year)), symbol, int(year), float(plain_s))
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
-    print(json.dumps({"ratio": ratio, "peak_gib": peak_gib}))
+    print(json.dumps({"ratio": ratio, "peak_gib": own_peak_mib() / 1024}))
 
 
 def main() -> int:

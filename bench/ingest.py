@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.peak import own_peak_mib  # noqa: E402
 from lakehouse.config import DEFAULT_FETCH_CONCURRENCY, SYMBOLS_AT_ONCE  # noqa: E402
 from lakehouse.exchange.ccxt_client import CcxtExchange, forget_shared_state  # noqa: E402
 from lakehouse.exchange.emulator import BinanceEmulator  # noqa: E402
@@ -133,19 +133,6 @@ def rerun_today(n_symbols: int, concurrency: int) -> dict:
         return {"elapsed_s": time.perf_counter() - started, "paths": emu.call("GET", "/_emulator/stats")["paths"]}
 
 
-def own_peak_mib() -> float:
-    """This process's peak RSS. Not ru_maxrss: Linux carries a parent's peak into its child across exec, so a
-    child of the process holding the emulator's files reported the parent's figure whenever it was larger."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(spec: str) -> None:
     """Run one measurement in this process and print it with the process's peak RSS."""
     result = run(**json.loads(spec))
@@ -208,55 +195,60 @@ def archive_vs_rest(conditions=ARCHIVE_CONDITIONS, rounds: int = 3) -> list[dict
     processes (peak RSS of the ingesting process) and fresh lakehouses, against one emulator; then both
     lakehouses compared day by day. The judged condition runs `rounds` interleaved rounds and keeps each path's
     best (one run of either varies by 20 % here); the others, one."""
+    source = SimulatedSource(synthetic=1, outage_rate=0.02)  # real source gaps: the archive path checks them
+    # Every lakehouse stays until the end: deleting one makes the next files slower to create (see the README).
+    with tempfile.TemporaryDirectory() as everything:
+        results = []
+        for c, condition in enumerate(conditions):
+            base = os.path.join(everything, f"condition-{c}")
+            os.mkdir(base)
+            results.append(archive_condition(source, *condition, rounds=rounds, base=base))
+    return results
+
+
+def archive_condition(source: SimulatedSource, budget: int, latency_ms: float, jitter_ms: float, *, rounds: int,
+                      base: str) -> dict:
+    """One condition of archive_vs_rest, its lakehouses under `base`."""
     from lakehouse.schema import RAW_OHLCV
 
-    source = SimulatedSource(synthetic=1, outage_rate=0.02)  # real source gaps: the archive path checks them
-    results = []
-    # Every lakehouse stays until the end: deleting one makes the next files slower to create (see the README).
-    everything = tempfile.TemporaryDirectory()
-    for c, (budget, latency_ms, jitter_ms) in enumerate(conditions):
-        judged = budget == 6000 and not latency_ms
-        base = os.path.join(everything.name, f"condition-{c}")
-        os.mkdir(base)
-        with BinanceEmulator(source=source, weight_limit=budget, weight_window_s=60, latency_ms=latency_ms,
-                             jitter_ms=jitter_ms) as emu:
-            emu.archive.prebuild("SIM000/USDT", ARCHIVE_YEAR)  # a file host serves files it already has
-            label = f"{budget} w/min" + (f", {latency_ms:g}+-{jitter_ms:g} ms" if latency_ms else "")
-            row = {"budget": budget, "latency_ms": latency_ms, "label": label, "round_ratios": [],
-                   "create_ms": create_cost_ms(base)}
-            n = rounds if judged else 1
-            for i in range(n):
-                got = {}
-                for mode in ("rest", "archive"):
-                    root = os.path.join(base, f"{mode}-{i}")
-                    emu.reset_limits()
-                    emu.reset_counters()
-                    emu.archive.reset_counters()
-                    wait = window_wait_s(budget, emu.weight_window_s, emu.rate_clock()) if mode == "rest" else 0
-                    if wait:
-                        print(f"  {label}: waiting {wait:.0f}s for a weight window to start", flush=True)
-                        time.sleep(wait)
-                    print(f"  {label}: {mode}" + (f", round {i + 1}/{n}" if n > 1 else "") + " ...", flush=True)
-                    out = subprocess.run([sys.executable, __file__, "--child-archive", emu.url, root, mode],
-                                         capture_output=True, text=True, check=True)
-                    got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-                    got[mode].update(http_429=emu.count_429, http_418=emu.count_418, root=root,
-                                     klines=emu.path_counts["/api/v3/klines"],
-                                     archive_files=emu.archive.stats().get("zip", 0))
-                    if mode not in row or got[mode]["wall_s"] < row[mode]["wall_s"]:
-                        row[mode] = got[mode]
-                row["round_ratios"].append(got["archive"]["wall_s"] / got["rest"]["wall_s"])
-            rest_root, arch_root = row["rest"]["root"], row["archive"]["root"]
-            differing = 0
-            for day in ARCHIVE_YEAR:
-                a, b = (Storage(r).read_partition(RAW_OHLCV, "binance", "SIM000/USDT", day) for r in (rest_root, arch_root))
-                if a is None or b is None or not a.drop("fetched_at").equals(b.drop("fetched_at")):
-                    differing += 1
-            row["days_differing"] = differing
-            row["store_floor_s"] = store_floor(arch_root, os.path.join(base, "floor"))
-            results.append(row)
-    everything.cleanup()
-    return results
+    judged = budget == 6000 and not latency_ms
+    with BinanceEmulator(source=source, weight_limit=budget, weight_window_s=60, latency_ms=latency_ms,
+                         jitter_ms=jitter_ms) as emu:
+        emu.archive.prebuild("SIM000/USDT", ARCHIVE_YEAR)  # a file host serves files it already has
+        label = f"{budget} w/min" + (f", {latency_ms:g}+-{jitter_ms:g} ms" if latency_ms else "")
+        row = {"budget": budget, "latency_ms": latency_ms, "label": label, "judged": judged, "round_ratios": [],
+               "create_ms": create_cost_ms(base)}
+        n = rounds if judged else 1
+        for i in range(n):
+            got = {}
+            for mode in ("rest", "archive"):
+                root = os.path.join(base, f"{mode}-{i}")
+                emu.reset_limits()
+                emu.reset_counters()
+                emu.archive.reset_counters()
+                wait = window_wait_s(budget, emu.weight_window_s, emu.rate_clock()) if mode == "rest" else 0
+                if wait:
+                    print(f"  {label}: waiting {wait:.0f}s for a weight window to start", flush=True)
+                    time.sleep(wait)
+                print(f"  {label}: {mode}" + (f", round {i + 1}/{n}" if n > 1 else "") + " ...", flush=True)
+                out = subprocess.run([sys.executable, __file__, "--child-archive", emu.url, root, mode],
+                                     capture_output=True, text=True, check=True)
+                got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+                got[mode].update(http_429=emu.count_429, http_418=emu.count_418, root=root,
+                                 klines=emu.path_counts["/api/v3/klines"],
+                                 archive_files=emu.archive.stats().get("zip", 0))
+                if mode not in row or got[mode]["wall_s"] < row[mode]["wall_s"]:
+                    row[mode] = got[mode]
+            row["round_ratios"].append(got["archive"]["wall_s"] / got["rest"]["wall_s"])
+    rest_root, arch_root = row["rest"]["root"], row["archive"]["root"]
+    differing = 0
+    for day in ARCHIVE_YEAR:
+        a, b = (Storage(r).read_partition(RAW_OHLCV, "binance", "SIM000/USDT", day) for r in (rest_root, arch_root))
+        if a is None or b is None or not a.drop("fetched_at").equals(b.drop("fetched_at")):
+            differing += 1
+    row["days_differing"] = differing
+    row["store_floor_s"] = store_floor(arch_root, os.path.join(base, "floor"))
+    return row
 
 
 def window_wait_s(budget: int, window_s: float, now: float) -> float:
@@ -302,8 +294,7 @@ def print_archive_vs_rest(rows: list[dict]) -> None:
                   f"{r['klines']:>10} {r['archive_requests']:>11} {r['http_429']:>4} {r['http_418']:>4} "
                   f"{r['peak_mib']:>9.0f}")
         ratio = row["archive"]["wall_s"] / row["rest"]["wall_s"]
-        judged = row["budget"] == 6000 and not row["latency_ms"]
-        target = ("(target <= 0.1 here)" if judged
+        target = ("(target <= 0.1 here)" if row["judged"]
                   else "(for comparison; the target is judged at 6000 w/min, no latency)")
         rounds = row["round_ratios"]
         each = f" (best of {len(rounds)} rounds each; each round: {', '.join(f'{r:.3f}' for r in rounds)})" \

@@ -21,7 +21,7 @@ import datetime as dt
 import itertools
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -29,13 +29,16 @@ import polars as pl
 from . import progress
 from .errors import IncompleteFetchError, LakehouseError
 from .exchange.base import Exchange
+from .memory import keep_freed_buffers
 from .schema import RAW_OHLCV, RAW_SCHEMA, TS
 from .storage import Storage
 from .timeutil import DAY_MS, MINUTE_MS, day_start_ms, ms_to_iso
 
-_ARCHIVE_WRITERS = 16  # archive days written at once: concurrent fsyncs share journal commits (bench/ingest.py --archive)
-_ARCHIVE_BATCH_DAYS = 31  # archive days turned into one frame and encoded together: a month of one symbol
-_ARCHIVE_ENCODERS = 2  # batches encoded at once; polars spreads each one over the cores already
+if TYPE_CHECKING:
+    from .exchange.archive import ArchiveDay
+
+_ARCHIVE_WRITERS = 4  # archive days written at once, across a symbol's files: their fsyncs overlap
+_GAP_DAYS_AT_ONCE = 4  # archive days with gaps being completed from REST at once
 
 
 @dataclasses.dataclass
@@ -528,61 +531,61 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     stored days, the reason for each day left to REST that the archive should have had, and the number of
     archive requests made.
     """
-    results, fallbacks = [], {}
-    pending: collections.deque = collections.deque()  # (future of a list of DayResult, days it stores), in order
+    keep_freed_buffers()
     requests_before = exchange.archive.stats.requests
     market = exchange.markets().get(symbol)
     market_id = market.id if market is not None and market.id else None
     progress.emit(progress.ProgressEvent("waiting", RAW_OHLCV, symbol,
                                          detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
-    # Days arrive far faster than REST pages, so writing them is what remains. Per batch of complete days one
-    # frame is built, its days' files encoded in one polars run (a frame or a run per day cost as much as the
-    # encoding itself), and each file written by a writer, so that fsyncs overlap; a day with gaps is
-    # completed from REST on a writer too, so its requests do not hold up the others. Only a few batches are
-    # in flight, which keeps memory bounded.
-    batch: list[tuple[dt.date, np.ndarray]] = []
+    # Days arrive far faster than REST pages, so storing them is what remains: each file's complete days are
+    # stored by the thread that verified it, as one frame encoded in one polars run (a frame or a run per day
+    # cost as much as the encoding itself) and written by a few writers so that their fsyncs overlap. Handing
+    # days between threads cost more than it saved. A day with gaps is completed from REST on a thread of its
+    # own, so its requests do not hold up the files.
 
-    def store_batch(days_rows: list[tuple[dt.date, np.ndarray]]) -> list[DayResult]:
-        rows = np.concatenate([r for _, r in days_rows])
-        frame, ts = _frame(rows, exchange.id, symbol, now), rows[:, 0].astype(np.int64)
-        offsets = np.cumsum([0] + [len(r) for _, r in days_rows])
-        frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
-        encoded = storage.encode(RAW_OHLCV, frames)
-        written = [writers.submit(_store_frame, storage, exchange.id, symbol, day, frames[i],
-                                  ts[offsets[i]:offsets[i + 1]], listing, closed_end, "archive", encoded[i])
-                   for i, (day, _) in enumerate(days_rows)]
-        return [f.result() for f in written]
-
-    def store_gap_day(day: dt.date, rows: np.ndarray) -> list[DayResult]:
-        return [_store_with_rest_gaps(exchange, storage, symbol, day, rows, listing, closed_end, now)]
-
-    def flush() -> None:
-        if batch:
-            pending.append((encoders.submit(store_batch, list(batch)), len(batch)))
-            batch.clear()
-        while sum(n for _, n in pending) > 2 * _ARCHIVE_BATCH_DAYS:
-            results.extend(pending.popleft()[0].result())
-
-    with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
-            concurrent.futures.ThreadPoolExecutor(_ARCHIVE_ENCODERS, thread_name_prefix="encode") as encoders, \
-            contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end,
-                                                     market_id=market_id)) as got_days:
-        for got in got_days:
-            if got.rows is None:
-                if got.reason:
-                    fallbacks[got.day] = got.reason
+    def store(got: list[ArchiveDay]) -> tuple[list[DayResult], list[concurrent.futures.Future], dict]:
+        complete, with_gaps, failed = [], [], {}
+        for d in got:
+            if d.rows is None:
+                if d.reason:
+                    failed[d.day] = d.reason
                 continue
-            start = day_start_ms(got.day)
-            if _gaps(got.rows[:, 0].astype(np.int64), listing.window_start(start), start + DAY_MS):
-                pending.append((writers.submit(store_gap_day, got.day, got.rows), 1))
+            start = day_start_ms(d.day)
+            if _gaps(d.rows[:, 0].astype(np.int64), listing.window_start(start), start + DAY_MS):
+                with_gaps.append(gap_fillers.submit(_store_with_rest_gaps, exchange, storage, symbol, d.day, d.rows,
+                                                    listing, closed_end, now))
             else:
-                batch.append((got.day, got.rows))
-            if len(batch) >= _ARCHIVE_BATCH_DAYS:
-                flush()
-        flush()
-        for future, _ in pending:
-            results.extend(future.result())
+                complete.append(d)
+        return _store_archive_days(exchange, storage, symbol, complete, listing, closed_end, now, writers), \
+            with_gaps, failed
+
+    results, fallbacks, filling = [], {}, []
+    with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
+            concurrent.futures.ThreadPoolExecutor(_GAP_DAYS_AT_ONCE, thread_name_prefix="gaps") as gap_fillers, \
+            contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end,
+                                                     market_id=market_id, store=store)) as stored:
+        for done, with_gaps, failed in stored:
+            results.extend(done)
+            filling.extend(with_gaps)
+            fallbacks.update(failed)
+        results.extend(f.result() for f in filling)
     return results, fallbacks, exchange.archive.stats.requests - requests_before
+
+
+def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listing, closed_end, now,
+                        writers: concurrent.futures.Executor) -> list[DayResult]:
+    """Write complete archive days: one frame and one encoding run for all of them, a file per day."""
+    if not got:
+        return []
+    rows = np.concatenate([d.rows for d in got])
+    frame, ts = _frame(rows, exchange.id, symbol, now), rows[:, 0].astype(np.int64)
+    offsets = np.cumsum([0] + [len(d.rows) for d in got])
+    frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
+    encoded = storage.encode(RAW_OHLCV, frames)
+    written = [writers.submit(_store_frame, storage, exchange.id, symbol, d.day, frames[i],
+                              ts[offsets[i]:offsets[i + 1]], listing, closed_end, "archive", encoded[i])
+               for i, d in enumerate(got)]
+    return [f.result() for f in written]
 
 
 def _store_with_rest_gaps(exchange, storage, symbol, day, rows, listing, closed_end, now) -> DayResult:

@@ -32,7 +32,7 @@ import threading
 import time
 import zipfile
 import zlib
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import polars as pl
@@ -50,6 +50,7 @@ HOST_DOWNLOADS = 16
 _CHUNK = 1 << 20
 _SPOOL_BYTES = 16 << 20  # a download larger than this spills to a temporary file instead of memory
 _MAX_FILE_BYTES = 512 << 20  # no kline file is anywhere near this; a larger body is not one
+T = TypeVar("T")
 _US_THRESHOLD = 10**14  # ms timestamps stay below this until the year 5138, us timestamps are above it
 
 # The 12 columns of a kline row, as Binance documents them; only the first seven are stored or checked.
@@ -391,12 +392,15 @@ class KlineArchive:
 
     # days ---------------------------------------------------------------------------------------
     def days(self, symbol: str, days: Iterable[dt.date], *, listing_ms: int | None, closed_end_ms: int,
-             market_id: str | None = None) -> Iterator[ArchiveDay]:
-        """For each closed day from the symbol's listing on, an ArchiveDay (rows or the reason there are none).
+             market_id: str | None = None, store: Callable[[list[ArchiveDay]], T] = list) -> Iterator[T]:
+        """`store(file_days)` for each archive file of the closed days asked for from the symbol's listing on,
+        in date order: its ArchiveDays, each with rows or the reason there are none.
 
-        Days still open or before the listing are not yielded: they are REST's. Files download concurrently
-        (at most `workers` at once, and no more parsed files held than that), in date order. Files are named by
-        the exchange's `market_id` (BASE + QUOTE when not given; ccxt renames a few currencies).
+        Days still open or before the listing are not offered: they are REST's. Files download concurrently (at
+        most `workers` at once), and `store` runs on the thread that verified the file, so that files are stored
+        while others download and a file's rows are dropped once stored; for a file that could not be used it
+        runs on the caller's thread. Files are named by the exchange's `market_id` (BASE + QUOTE when not given;
+        ccxt renames a few currencies).
         """
         market_id = market_id or symbol.replace("/", "")
         offered = [
@@ -404,51 +408,59 @@ class KlineArchive:
             if day_start_ms(d) + DAY_MS <= closed_end_ms and (listing_ms is None or day_start_ms(d) + DAY_MS > listing_ms)
         ]
         wanted = set(offered)
+
+        def fetch_and_store(file: ArchiveFile) -> T:
+            return store(self._split(file, self.fetch(file), wanted))
+
         try:
-            for file, rows, error in self._fetch_all(plan_files(market_id, offered)):
+            for file, stored, error in self._fetch_all(plan_files(market_id, offered), fetch_and_store):
                 if error is not None and file.monthly and not isinstance(error, ArchiveUnreachable):
                     # A month not (yet) usable as one file: its days may still be there as daily files.
                     daily = [ArchiveFile(market_id, d.isoformat()) for d in file.days if d in wanted]
-                    for f, r, e in self._fetch_all(daily):
-                        yield from self._split(f, r, e, wanted)
-                    continue
-                yield from self._split(file, rows, error, wanted)
+                    for f, s, e in self._fetch_all(daily, fetch_and_store):
+                        yield s if e is None else store(self._unusable(f, e, wanted))
+                else:
+                    yield stored if error is None else store(self._unusable(file, error, wanted))
         finally:
             self.close()  # the download threads are gone; so are their connections
 
-    def _split(self, file: ArchiveFile, rows, error, wanted) -> Iterator[ArchiveDay]:
+    @staticmethod
+    def _split(file: ArchiveFile, rows: np.ndarray, wanted) -> list[ArchiveDay]:
         days = [d for d in file.days if d in wanted]
-        if error is not None:
-            for d in days:
-                yield ArchiveDay(d, None, f"{file.name}: {error.reason}")
-            return
         starts = np.asarray([day_start_ms(d) for d in days] + [day_start_ms(days[-1]) + DAY_MS], dtype=np.float64)
         bounds = np.searchsorted(rows[:, 0], starts)
-        for i, d in enumerate(days):
-            yield ArchiveDay(d, rows[bounds[i]:bounds[i + 1]])
+        return [ArchiveDay(d, rows[bounds[i]:bounds[i + 1]]) for i, d in enumerate(days)]
 
-    def _fetch_all(self, files: list[ArchiveFile]):
-        """(file, rows, error) in order, downloading up to `workers` files ahead."""
+    @staticmethod
+    def _unusable(file: ArchiveFile, error: ArchiveFileError, wanted) -> list[ArchiveDay]:
+        return [ArchiveDay(d, None, f"{file.name}: {error.reason}") for d in file.days if d in wanted]
+
+    def _fetch_all(self, files: list[ArchiveFile], fetch: Callable[[ArchiveFile], T],
+                   ) -> Iterator[tuple[ArchiveFile, T | None, ArchiveFileError | None]]:
+        """(file, fetch(file), None) or (file, None, why it could not be used), in order, with up to `workers`
+        files in progress."""
         if not files:
             return
         with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="archive") as pool:
             pending: collections.deque = collections.deque()
             queue = iter(files)
+            # Queued further ahead than the threads, so that a slow file does not leave the others idle; a
+            # file's rows are held only while its thread works on it.
             for f in queue:
-                pending.append((f, pool.submit(self.fetch, f)))
-                if len(pending) >= self.workers:
+                pending.append((f, pool.submit(fetch, f)))
+                if len(pending) >= 2 * self.workers:
                     break
             try:
                 while pending:
                     f, fut = pending.popleft()
                     nxt = next(queue, None)
                     if nxt is not None:
-                        pending.append((nxt, pool.submit(self.fetch, nxt)))
+                        pending.append((nxt, pool.submit(fetch, nxt)))
                     try:
-                        rows, error = fut.result(), None
+                        got, error = fut.result(), None
                     except ArchiveFileError as exc:
-                        rows, error = None, exc
-                    yield f, rows, error
+                        got, error = None, exc
+                    yield f, got, error
             finally:  # the consumer stopped early (e.g. a failed write): do not download the rest
                 for _, fut in pending:
                     fut.cancel()

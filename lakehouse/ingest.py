@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import threading
 import time
@@ -37,7 +38,6 @@ from .timeutil import DAY_MS, MINUTE_MS, day_start_ms, ms_to_iso
 if TYPE_CHECKING:
     from .exchange.archive import ArchiveDay
 
-_ARCHIVE_WRITERS = 4  # archive days written at once, across a symbol's files: their fsyncs overlap
 _GAP_DAYS_AT_ONCE = 4  # archive days with gaps being completed from REST at once
 
 
@@ -539,9 +539,9 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
                                          detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
     # Days arrive far faster than REST pages, so storing them is what remains: each file's complete days are
     # stored by the thread that verified it, as one frame encoded in one polars run (a frame or a run per day
-    # cost as much as the encoding itself) and written by a few writers so that their fsyncs overlap. Handing
-    # days between threads cost more than it saved. A day with gaps is completed from REST on a thread of its
-    # own, so its requests do not hold up the files.
+    # cost as much as the encoding itself), then written there too unless the storage's writes are worth
+    # overlapping (object stores); handing days between threads cost more CPU than it saved. A day with gaps
+    # is completed from REST on a thread of its own, so its requests do not hold up the files.
 
     def store(got: list[ArchiveDay]) -> tuple[list[DayResult], list[concurrent.futures.Future], dict]:
         complete, with_gaps, failed = [], [], {}
@@ -560,7 +560,8 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
             with_gaps, failed
 
     results, fallbacks, filling = [], {}, []
-    with concurrent.futures.ThreadPoolExecutor(_ARCHIVE_WRITERS, thread_name_prefix="store") as writers, \
+    with (concurrent.futures.ThreadPoolExecutor(storage.write_threads, thread_name_prefix="store")
+          if storage.write_threads else contextlib.nullcontext()) as writers, \
             concurrent.futures.ThreadPoolExecutor(_GAP_DAYS_AT_ONCE, thread_name_prefix="gaps") as gap_fillers, \
             contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end,
                                                      market_id=market_id, store=store)) as stored:
@@ -573,8 +574,9 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
 
 
 def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listing, closed_end, now,
-                        writers: concurrent.futures.Executor) -> list[DayResult]:
-    """Write complete archive days: one frame and one encoding run for all of them, a file per day."""
+                        writers: concurrent.futures.Executor | None) -> list[DayResult]:
+    """Write complete archive days: one frame and one encoding run for all of them, a file per day (on
+    `writers`, or on this thread when None)."""
     if not got:
         return []
     rows = np.concatenate([d.rows for d in got])
@@ -582,8 +584,11 @@ def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listin
     offsets = np.cumsum([0] + [len(d.rows) for d in got])
     frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
     encoded = storage.encode(RAW_OHLCV, frames)
-    written = [writers.submit(_store_frame, storage, exchange.id, symbol, d.day, frames[i],
-                              ts[offsets[i]:offsets[i + 1]], listing, closed_end, "archive", encoded[i])
+    write = functools.partial(_store_frame, storage, exchange.id, symbol, listing=listing, closed_end=closed_end,
+                              source="archive")
+    if writers is None:
+        return [write(d.day, frames[i], ts[offsets[i]:offsets[i + 1]], encoded=encoded[i]) for i, d in enumerate(got)]
+    written = [writers.submit(write, d.day, frames[i], ts[offsets[i]:offsets[i + 1]], encoded=encoded[i])
                for i, d in enumerate(got)]
     return [f.result() for f in written]
 

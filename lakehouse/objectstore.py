@@ -169,6 +169,8 @@ class ObjectStorage(Storage):
     size + ETag + last-modified; read-modify-writes of metadata use conditional PUTs (If-Match/If-None-Match).
     """
 
+    write_threads = _FETCH_THREADS  # a PUT is mostly a round trip: overlap them
+
     def __init__(self, root: str, env: Mapping[str, str] | None = None):
         self.loc = parse_location(str(root), env)
         self.root = self.loc.url

@@ -61,6 +61,10 @@ class Storage:
             return super().__new__(ObjectStorage)
         return super().__new__(cls)
 
+    # Threads worth writing a batch of day files on (0: the caller's own): a local write is mostly CPU, and
+    # handing files to threads cost more than overlapping their fsyncs saved (bench/ingest.py --archive).
+    write_threads = 0
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self._symbol_dirs: dict[tuple[str, str, str], Path] = {}  # checked once: a day's write asked ~8 lstats

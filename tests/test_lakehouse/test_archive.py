@@ -239,6 +239,37 @@ def test_a_months_complete_archive_days_are_encoded_in_one_run(emulator, storage
     assert_exact(storage, rest_reference, source, days)
 
 
+@pytest.mark.services
+def test_archive_days_go_to_an_object_store_exactly_with_their_puts_overlapping(
+        emulator, source, rest_reference, s3_env, monkeypatch):
+    from lakehouse.objectstore import ObjectStorage
+
+    storage = Storage(s3_env["LAKEHOUSE_ROOT"])
+    assert isinstance(storage, ObjectStorage)
+    at_once = peak = 0
+    lock = threading.Lock()
+    put = ObjectStorage._put_bytes
+
+    def counted(self, key, data):
+        nonlocal at_once, peak
+        with lock:
+            at_once += 1
+            peak = max(peak, at_once)
+        try:
+            time.sleep(0.01)  # a round trip, so that overlapping PUTs show
+            return put(self, key, data)
+        finally:
+            with lock:
+                at_once -= 1
+
+    monkeypatch.setattr(ObjectStorage, "_put_bytes", counted)
+    days = span(D(2024, 11, 29), D(2024, 12, 31))  # daily files, then a month
+    report = ingest_days(client(emulator), storage, SYMBOL, days)
+    assert set(sources(report).values()) == {"archive"}
+    assert_exact(storage, rest_reference, source, days)
+    assert peak > 4  # more than the download threads: the month's days are PUT side by side
+
+
 def test_an_unreachable_archive_is_given_up_for_the_run(emulator, storage, source, rest_reference):
     days = span(D(2024, 11, 30), D(2024, 12, 31))  # a daily file, then a month: neither is tried once given up
     c = client(emulator, archive_url=f"http://127.0.0.1:{free_port()}", max_retries=1, workers=1)

@@ -174,6 +174,50 @@ def test_a_bad_file_is_retried_then_its_day_falls_back_to_rest_exactly(
         assert md["archive_fallback_days"] == [f"2024-12-29: {day.archive_fallback}"]
 
 
+@pytest.mark.parametrize("how", ["chunked", "gzip"])
+def test_a_body_without_a_plain_length_is_streamed_through_the_same_checks(emulator, how):
+    """Kline files come with a Content-Length and are read whole; a body without one (chunked, or compressed
+    on the way) is streamed instead, to the same verified rows."""
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    file = ArchiveFile("BTCUSDT", "2024-12-29")
+    served = {f"/{file.path}{suffix}": requests.get(f"{emulator.url}/{file.path}{suffix}").content
+              for suffix in ("", ".CHECKSUM")}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            data = served[self.path]
+            self.send_response(200)
+            if how == "gzip":
+                data = gzip.compress(data)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 10_000):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data[i:i + 10_000]), data[i:i + 10_000]))
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        got = KlineArchive(f"http://127.0.0.1:{server.server_address[1]}", max_retries=0).fetch(file)
+    finally:
+        server.shutdown()
+        server.server_close()
+    np.testing.assert_array_equal(got, KlineArchive(emulator.url).fetch(file))
+    assert len(got) == 1440
+
+
 def test_a_download_that_times_out_is_retried(emulator, storage, source, rest_reference):
     emulator.archive.inject("timeout", match="2024-12-29", delay=3.0)  # the answer comes after the client gave up
     days = span(D(2024, 12, 28), D(2024, 12, 29))

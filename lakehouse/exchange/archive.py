@@ -44,7 +44,7 @@ from ..timeutil import DAY_MS, MINUTE_MS, day_start_ms
 
 BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 MICROSECONDS_FROM = dt.date(2025, 1, 1)  # Binance spot files switched open/close times to microseconds
-WORKERS = 4  # files one symbol downloads ahead: enough to hide latency
+WORKERS = 4  # files one symbol works on at once (download, verify, store): enough to hide latency
 # Downloads at once to one archive host from this process, however many symbols are fetched side by side: a
 # few connections fill a link, and each download in progress holds a file's CSV in memory.
 HOST_DOWNLOADS = 16

@@ -18,7 +18,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import itertools
 import threading
 import time
@@ -584,13 +583,12 @@ def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listin
     offsets = np.cumsum([0] + [len(d.rows) for d in got])
     frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
     encoded = storage.encode(RAW_OHLCV, frames)
-    write = functools.partial(_store_frame, storage, exchange.id, symbol, listing=listing, closed_end=closed_end,
-                              source="archive")
-    if writers is None:
-        return [write(d.day, frames[i], ts[offsets[i]:offsets[i + 1]], encoded=encoded[i]) for i, d in enumerate(got)]
-    written = [writers.submit(write, d.day, frames[i], ts[offsets[i]:offsets[i + 1]], encoded=encoded[i])
-               for i, d in enumerate(got)]
-    return [f.result() for f in written]
+
+    def write(i: int) -> DayResult:
+        return _store_frame(storage, exchange.id, symbol, got[i].day, frames[i], ts[offsets[i]:offsets[i + 1]],
+                            listing, closed_end, "archive", encoded[i])
+
+    return list((writers.map if writers else map)(write, range(len(got))))
 
 
 def _store_with_rest_gaps(exchange, storage, symbol, day, rows, listing, closed_end, now) -> DayResult:

@@ -310,15 +310,16 @@ class KlineArchive:
                 raise CorruptFile(f"unexpected HTTP {resp.status_code}")
             # Content-Length counts encoded bytes; with a Content-Encoding the decoded body is longer.
             declared = "" if resp.headers.get("Content-Encoding") else resp.headers.get("Content-Length", "")
+            length = int(declared) if declared.isdigit() else None
             received = 0
             try:
-                if declared.isdigit() and int(declared) <= _SPOOL_BYTES:
+                if length is not None and length <= _SPOOL_BYTES:
                     # Known and modest (every kline file): read whole, at a third of the CPU of the same body
                     # through iter_content's 1 MiB chunks (bench/ingest.py --archive).
-                    body = resp.raw.read(int(declared))
+                    body = resp.raw.read(length)
                     received = len(body)
-                    if received != int(declared):  # the connection closed before the end
-                        raise TransientArchiveError(f"download broken off after {received} of {declared} bytes")
+                    if received != length:  # the connection closed before the end
+                        raise TransientArchiveError(f"download broken off after {received} of {length} bytes")
                     sink(body)
                 else:
                     for chunk in resp.iter_content(_CHUNK):
@@ -329,8 +330,8 @@ class KlineArchive:
             except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
                 # The connection broke off or stalled while the body was streaming.
                 raise TransientArchiveError(f"download broken off after {received} bytes ({exc.__class__.__name__})") from None
-            if declared.isdigit() and received != int(declared):
-                raise TransientArchiveError(f"truncated download ({received} of {declared} bytes)")
+            if length is not None and received != length:
+                raise TransientArchiveError(f"truncated download ({received} of {length} bytes)")
             self._count(bytes=received)
 
     # one file -----------------------------------------------------------------------------------

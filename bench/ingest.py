@@ -242,8 +242,9 @@ def archive_condition(source: SimulatedSource, budget: int, latency_ms: float, j
             row["round_ratios"].append(got["archive"]["wall_s"] / got["rest"]["wall_s"])
     rest_root, arch_root = row["rest"]["root"], row["archive"]["root"]
     differing = 0
+    lakehouses = (Storage(rest_root), Storage(arch_root))
     for day in ARCHIVE_YEAR:
-        a, b = (Storage(r).read_partition(RAW_OHLCV, "binance", "SIM000/USDT", day) for r in (rest_root, arch_root))
+        a, b = (s.read_partition(RAW_OHLCV, "binance", "SIM000/USDT", day) for s in lakehouses)
         if a is None or b is None or not a.drop("fetched_at").equals(b.drop("fetched_at")):
             differing += 1
     row["days_differing"] = differing
@@ -276,10 +277,11 @@ def store_floor(root: str, other: str) -> float:
     `other`): the part of either path no source can save."""
     from lakehouse.schema import RAW_OHLCV
 
-    frames = [(d, Storage(root).read_partition(RAW_OHLCV, "binance", "SIM000/USDT", d)) for d in ARCHIVE_YEAR]
+    source, target = Storage(root), Storage(other)
+    frames = [(d, source.read_partition(RAW_OHLCV, "binance", "SIM000/USDT", d)) for d in ARCHIVE_YEAR]
     started = time.perf_counter()
     for day, df in frames:
-        Storage(other).write_partition(RAW_OHLCV, "binance", "SIM000/USDT", day, df)
+        target.write_partition(RAW_OHLCV, "binance", "SIM000/USDT", day, df)
     return time.perf_counter() - started
 
 

@@ -497,9 +497,14 @@ def _store_day(storage, exchange, symbol, plan: _DayPlan, parts, listing: _Listi
 
 
 def _store_frame(storage, exchange_id, symbol, day, frame: pl.DataFrame, ts: np.ndarray, listing: _Listing,
-                 closed_end, source: str = "rest", encoded: bytes | None = None) -> DayResult:
-    """Write one day's rows (`ts`: their open times in ms; `encoded`: the frame's file from storage.encode, if
-    made already) and measure them against the day's window."""
+                 closed_end, source: str = "rest") -> DayResult:
+    """Write one day's rows (`ts`: their open times in ms) and measure them against the day's window."""
+    storage.write_partition(RAW_OHLCV, exchange_id, symbol, day, frame)
+    return _stored(symbol, day, frame.height, ts, listing, closed_end, source)
+
+
+def _stored(symbol, day, candles: int, ts: np.ndarray, listing: _Listing, closed_end, source: str) -> DayResult:
+    """A day just written (`ts`: its rows' open times in ms) measured against its window, and reported done."""
     start = day_start_ms(day)
     on_minute = ts % MINUTE_MS == 0
     # Rows as the exchange sends them are almost always strictly increasing minutes: no sort needed then.
@@ -507,12 +512,8 @@ def _store_frame(storage, exchange_id, symbol, day, frame: pl.DataFrame, ts: np.
     window_end = min(start + DAY_MS, closed_end)
     window_start = start if (minutes.size and minutes[0] == start) else listing.window_start(start)
     expected = max(0, (window_end - window_start) // MINUTE_MS)
-    if encoded is None:
-        storage.write_partition(RAW_OHLCV, exchange_id, symbol, day, frame)
-    else:
-        storage.write_encoded(RAW_OHLCV, exchange_id, symbol, day, encoded)
     result = DayResult(
-        symbol, day, int(frame.height), int(expected),
+        symbol, day, int(candles), int(expected),
         int(minutes[0]) if minutes.size else None, int(minutes[-1]) if minutes.size else None,
         _gaps(minutes, window_start, window_end) if expected else [],
         present=int(minutes.size),
@@ -538,9 +539,9 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
                                          detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
     # Days arrive far faster than REST pages, so storing them is what remains: each file's complete days are
     # stored by the thread that verified it, as one frame encoded in one polars run (a frame or a run per day
-    # cost as much as the encoding itself), then written there too unless the storage's writes are worth
-    # overlapping (object stores); handing days between threads cost more CPU than it saved. A day with gaps
-    # is completed from REST on a thread of its own, so its requests do not hold up the files.
+    # cost as much as the encoding itself), their files written together (one sync to disk for all of them);
+    # handing days between threads cost more CPU than it saved. A day with gaps is completed from REST on a
+    # thread of its own, so its requests do not hold up the files.
 
     def store(got: list[ArchiveDay]) -> tuple[list[DayResult], list[concurrent.futures.Future], dict]:
         complete, with_gaps, failed = [], [], {}
@@ -555,13 +556,10 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
                                                     listing, closed_end, now))
             else:
                 complete.append(d)
-        return _store_archive_days(exchange, storage, symbol, complete, listing, closed_end, now, writers), \
-            with_gaps, failed
+        return _store_archive_days(exchange, storage, symbol, complete, listing, closed_end, now), with_gaps, failed
 
     results, fallbacks, filling = [], {}, []
-    with (concurrent.futures.ThreadPoolExecutor(storage.write_threads, thread_name_prefix="store")
-          if storage.write_threads else contextlib.nullcontext()) as writers, \
-            concurrent.futures.ThreadPoolExecutor(_GAP_DAYS_AT_ONCE, thread_name_prefix="gaps") as gap_fillers, \
+    with concurrent.futures.ThreadPoolExecutor(_GAP_DAYS_AT_ONCE, thread_name_prefix="gaps") as gap_fillers, \
             contextlib.closing(exchange.archive.days(symbol, days, listing_ms=listing(), closed_end_ms=closed_end,
                                                      market_id=market_id, store=store)) as stored:
         for done, with_gaps, failed in stored:
@@ -572,23 +570,19 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     return results, fallbacks, exchange.archive.stats.requests - requests_before
 
 
-def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listing, closed_end, now,
-                        writers: concurrent.futures.Executor | None) -> list[DayResult]:
-    """Write complete archive days: one frame and one encoding run for all of them, a file per day (on
-    `writers`, or on this thread when None)."""
+def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listing, closed_end, now) -> list[DayResult]:
+    """Write complete archive days: one frame and one encoding run for all of them, a file per day, written
+    together."""
     if not got:
         return []
     rows = np.concatenate([d.rows for d in got])
     frame, ts = _frame(rows, exchange.id, symbol, now), rows[:, 0].astype(np.int64)
     offsets = np.cumsum([0] + [len(d.rows) for d in got])
     frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
-    encoded = storage.encode(RAW_OHLCV, frames)
-
-    def write(i: int) -> DayResult:
-        return _store_frame(storage, exchange.id, symbol, got[i].day, frames[i], ts[offsets[i]:offsets[i + 1]],
-                            listing, closed_end, "archive", encoded[i])
-
-    return list((writers.map if writers else map)(write, range(len(got))))
+    storage.write_encoded_many(RAW_OHLCV, exchange.id, symbol,
+                               list(zip([d.day for d in got], storage.encode(RAW_OHLCV, frames))))
+    return [_stored(symbol, d.day, len(d.rows), ts[offsets[i]:offsets[i + 1]], listing, closed_end, "archive")
+            for i, d in enumerate(got)]
 
 
 def _store_with_rest_gaps(exchange, storage, symbol, day, rows, listing, closed_end, now) -> DayResult:

@@ -169,8 +169,6 @@ class ObjectStorage(Storage):
     size + ETag + last-modified; read-modify-writes of metadata use conditional PUTs (If-Match/If-None-Match).
     """
 
-    write_threads = _FETCH_THREADS  # a PUT is mostly a round trip: overlap them
-
     def __init__(self, root: str, env: Mapping[str, str] | None = None):
         self.loc = parse_location(str(root), env)
         self.root = self.loc.url
@@ -290,6 +288,13 @@ class ObjectStorage(Storage):
         key = self._partition_key(layer, exchange, symbol, day)
         self._put_bytes(key, data)
         return self.loc.key_url(key)
+
+    def write_encoded_many(self, layer: str, exchange: str, symbol: str,
+                           files: Sequence[tuple[dt.date, bytes]]) -> list[str]:
+        if len(files) < 2:
+            return [self.write_encoded(layer, exchange, symbol, day, data) for day, data in files]
+        with concurrent.futures.ThreadPoolExecutor(min(_FETCH_THREADS, len(files))) as pool:  # PUTs are round trips
+            return list(pool.map(lambda file: self.write_encoded(layer, exchange, symbol, *file), files))
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         try:

@@ -61,10 +61,6 @@ class Storage:
             return super().__new__(ObjectStorage)
         return super().__new__(cls)
 
-    # Threads worth writing a batch of day files on (0: the caller's own): a local write is mostly CPU, and
-    # handing files to threads cost more than overlapping their fsyncs saved (bench/ingest.py --archive).
-    write_threads = 0
-
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self._symbol_dirs: dict[tuple[str, str, str], Path] = {}  # checked once: a day's write asked ~8 lstats
@@ -108,10 +104,16 @@ class Storage:
 
     def write_encoded(self, layer: str, exchange: str, symbol: str, day: dt.date, data: bytes) -> Path:
         """write_partition for a frame already turned into bytes by `encode`."""
+        return self.write_encoded_many(layer, exchange, symbol, [(day, data)])[0]
+
+    def write_encoded_many(self, layer: str, exchange: str, symbol: str,
+                           files: Sequence[tuple[dt.date, bytes]]) -> list[Path]:
+        """write_encoded for several days of one symbol, each replaced atomically; their files reach the disk
+        together, which costs a third of one sync per file."""
         check_partitioned(layer)
-        path = self.partition_path(layer, exchange, symbol, day)
-        _write_atomic(data, path)
-        return path
+        paths = [self.partition_path(layer, exchange, symbol, day) for day, _ in files]
+        _write_atomic_many([data for _, data in files], paths)
+        return paths
 
     def delete_partition(self, layer: str, exchange: str, symbol: str, day: dt.date) -> bool:
         path = self.partition_path(layer, exchange, symbol, day)
@@ -412,28 +414,78 @@ def parquet_bytes_many(frames: Sequence[pl.DataFrame]) -> list[bytes]:
 
 def _write_atomic(data: bytes, path: Path) -> None:
     """Readers see the old file or the new one, never a torn one: temp file, fsync, rename."""
+    _write_atomic_many([data], [path])
+
+
+def _write_atomic_many(datas: Sequence[bytes], paths: Sequence[Path]) -> None:
+    """_write_atomic for each file: all temp files written, made durable, then each renamed over its path.
+
+    Several files are made durable by one sync of their file system instead of one fsync each (30 day files:
+    4 ms instead of 11 here); a file is renamed into place only once its bytes are on disk, so a crash, even a
+    power cut, leaves each path's old file or its new one.
+    """
     # Bytes encoded in memory, written in one call: polars' file writer makes many small writes, which for a
     # day's file cost more than the encoding (1.8 ms against 1.1 ms here).
+    syncfs = _syncfs() if len(paths) > 1 else None
+    temps: list[Path] = []
+    renamed = 0
     try:
-        path.parent.mkdir()  # a folder just made holds no leftovers to sweep
-    except FileExistsError:
-        _sweep_stale_temp(path.parent)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}{path.suffix}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        for data, path in zip(datas, paths):
+            try:
+                path.parent.mkdir()  # a folder just made holds no leftovers to sweep
+            except FileExistsError:
+                _sweep_stale_temp(path.parent)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}{path.suffix}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            temps.append(tmp)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if syncfs is None:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        if syncfs is not None and temps:
+            syncfs(temps[-1].parent)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+            renamed += 1
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps[renamed:]:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+_SYNCFS: list = []
+
+
+def _syncfs() -> Callable[[Path], None] | None:
+    """Linux's syncfs(2) as a function of a folder (everything written to its file system reaches the disk),
+    or None where there is none (then each file is fsynced)."""
+    if not _SYNCFS:
+        try:
+            import ctypes
+
+            call = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            _SYNCFS.append(None)
+        else:
+            call.argtypes, call.restype = [ctypes.c_int], ctypes.c_int
+
+            def syncfs(folder: Path) -> None:
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    if call(fd) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, f"syncfs: {os.strerror(err)}", str(folder))
+                finally:
+                    os.close(fd)
+
+            _SYNCFS.append(syncfs)
+    return _SYNCFS[0]
 
 
 def _sweep_stale_temp(folder: Path) -> None:

@@ -166,3 +166,55 @@ def test_days_encoded_together_are_written_byte_for_byte_as_one_at_a_time(tmp_pa
     assert together.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[2])["close"].to_list() == [2.0] * 3
     with pytest.raises(StorageError, match="use write_table"):
         together.encode("scores", frames)
+
+
+def test_days_written_together_reach_the_disk_in_one_sync_before_any_is_renamed(tmp_path, monkeypatch):
+    import lakehouse.storage as storage_module
+
+    s = Storage(tmp_path)
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    s.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[0], frame(3, 1.0))
+    events = []
+    real = storage_module._syncfs()
+    assert real is not None  # Linux: one syncfs(2) for the batch
+
+    def syncfs(folder):
+        # Every temp file is written and none is in place yet: a power cut now leaves the old files.
+        events.append(sorted(p.name for p in tmp_path.rglob("*.parquet")))
+        real(folder)
+
+    monkeypatch.setattr(storage_module, "_SYNCFS", [syncfs])
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    files = list(zip(days, s.encode(RAW_OHLCV, [frame(3, float(10 + i)) for i in range(3)])))
+    s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
+    assert len(events) == 1 and events[0].count("part.parquet") == 1 and len(events[0]) == 4
+    for i, day in enumerate(days):
+        assert s.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", day)["close"].to_list() == [10.0 + i] * 3
+        assert os.listdir(s.partition_path(RAW_OHLCV, "simulated", "BTC/USDT", day).parent) == ["part.parquet"]
+    s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files[:1])  # one file: its own fsync
+    assert events[1:] == ["fsync"]
+
+
+def test_a_failed_sync_of_days_written_together_leaves_every_old_file_and_no_temp(tmp_path, monkeypatch):
+    import lakehouse.storage as storage_module
+
+    s = Storage(tmp_path)
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    s.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[0], frame(3, 1.0))
+
+    def failing(folder):
+        raise OSError(5, "syncfs: Input/output error", str(folder))
+
+    monkeypatch.setattr(storage_module, "_SYNCFS", [failing])
+    files = list(zip(days, s.encode(RAW_OHLCV, [frame(3, 9.0)] * 3)))
+    with pytest.raises(OSError, match="Input/output"):
+        s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
+    assert s.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[0])["close"].to_list() == [1.0] * 3
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file() and "_meta" not in p.parts] == ["part.parquet"]
+    monkeypatch.setattr(storage_module, "_SYNCFS", [None])  # no syncfs here (not Linux): each file fsynced
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
+    assert len(synced) == 3
+    assert [len(s.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", d)) for d in days] == [3, 3, 3]

@@ -227,15 +227,19 @@ def _gaps(ts: np.ndarray, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
         return []
     if ts.size == 0:
         return [(start_ms, end_ms)]
+    if ts.size == (end_ms - start_ms) // MINUTE_MS and ts[0] == start_ms and ts[-1] == end_ms - MINUTE_MS:
+        return []  # as many minutes as the window has, from its first to its last: every one
     bounds = np.concatenate([[start_ms - MINUTE_MS], ts, [end_ms]])
     jumps = np.nonzero(np.diff(bounds) > MINUTE_MS)[0]
     return [(int(bounds[i] + MINUTE_MS), int(bounds[i + 1])) for i in jumps]
 
 
 def _frame(rows: np.ndarray, exchange_id: str, symbol: str, fetched_at_ms: int) -> pl.DataFrame:
-    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
-    columns = {"timestamp": arr[:, 0].astype(np.int64)}
-    columns.update((name, arr[:, i]) for i, name in enumerate(("open", "high", "low", "close", "volume"), start=1))
+    # Columns laid out one after another first: polars takes contiguous columns three times faster than the
+    # strided columns of (n, 6) rows.
+    cols = np.ascontiguousarray(np.asarray(rows, dtype=np.float64).reshape(-1, 6).T)
+    columns = {"timestamp": cols[0].astype(np.int64)}
+    columns.update((name, cols[i]) for i, name in enumerate(("open", "high", "low", "close", "volume"), start=1))
     # One select with literals: a third of the cost of building each constant column separately.
     return pl.DataFrame(columns).select(
         pl.col("timestamp").cast(TS), "open", "high", "low", "close", "volume",
@@ -449,10 +453,12 @@ def _confirmed_gaps(storage: Storage, exchange_id: str, symbol: str) -> dict[str
 
 def _plan_day(storage, exchange_id, symbol, day, ws, we, entry, confirmed, listing) -> _DayPlan | None:
     """None when the stored file already holds the day; else what to fetch for it."""
+    if entry is None:
+        return _DayPlan(day, ws, we)
     from .audit import gap_detail, raw_day_gaps
     from .manifest import ERROR, FIRST, GAPS, LAST
 
-    if entry is None or entry[ERROR] or entry[FIRST] is None or we <= ws:
+    if entry[ERROR] or entry[FIRST] is None or we <= ws:
         return _DayPlan(day, ws, we)
     closed = we == ws + DAY_MS
     wstart = ws if entry[FIRST] <= ws else listing.window_start(ws)

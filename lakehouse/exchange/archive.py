@@ -198,7 +198,7 @@ def parse_klines_csv(data: bytes, start_ms: int, end_ms: int) -> np.ndarray:
         raise CorruptFile("malformed CSV: a close time does not end its open time's minute")
     if (open_ms % MINUTE_MS).any() or open_ms[0] < start_ms or open_ms[-1] >= end_ms or (np.diff(open_ms) <= 0).any():
         raise CorruptFile("malformed CSV: rows outside the file's period, off the minute or out of order")
-    out = np.empty((df.height, 6), dtype=np.float64)
+    out = np.empty((6, df.height), dtype=np.float64).T  # (n, 6) with each column contiguous: filled and read by column
     out[:, 0] = open_ms
     for i, col in enumerate(("open", "high", "low", "close", "volume"), start=1):
         out[:, i] = df[col].to_numpy()

@@ -95,3 +95,15 @@ def test_contiguous_ranges():
     d = dt.date(2024, 1, 1)
     assert contiguous_ranges([d, d + dt.timedelta(1), d + dt.timedelta(5), d + dt.timedelta(2)]) == [
         (d, d + dt.timedelta(2)), (d + dt.timedelta(5), d + dt.timedelta(5))]
+
+
+def test_gaps_of_a_window_from_its_open_times():
+    from lakehouse.ingest import _gaps
+
+    m = 60_000
+    minutes = lambda *i: np.asarray(i, dtype=np.int64) * m  # noqa: E731
+    assert _gaps(minutes(0, 1, 2, 3), 0, 4 * m) == []
+    assert _gaps(minutes(0, 1, 3), 0, 4 * m) == [(2 * m, 3 * m)]
+    assert _gaps(minutes(1, 2, 3, 4), 0, 4 * m) == [(0, m)]  # as many rows as minutes, one past the end
+    assert _gaps(minutes(0, 1, 2), 0, 4 * m) == [(3 * m, 4 * m)]
+    assert _gaps(minutes(), 0, 2 * m) == [(0, 2 * m)]

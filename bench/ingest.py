@@ -275,16 +275,20 @@ def create_cost_ms(base: str, n: int = 200) -> float:
 def store_floor(root: str, other: str) -> float:
     """Seconds to encode and write the year's daily Parquet files alone, a month at a time as the archive path
     does (read from `root`, written to the new lakehouse `other`): the part of it no source can save."""
+    import polars as pl
+
     from lakehouse.schema import RAW_OHLCV
 
     source, target = Storage(root), Storage(other)
     months: dict[tuple[int, int], list] = {}
     for d in ARCHIVE_YEAR:
         months.setdefault((d.year, d.month), []).append((d, source.read_partition(RAW_OHLCV, "binance", "SIM000/USDT", d)))
+    batches = [([d for d, _ in month], pl.concat([df for _, df in month]), [df.height for _, df in month])
+               for month in months.values()]
     started = time.perf_counter()
-    for month in months.values():
-        encoded = target.encode(RAW_OHLCV, [df for _, df in month])
-        target.write_encoded_many(RAW_OHLCV, "binance", "SIM000/USDT", [(d, data) for (d, _), data in zip(month, encoded)])
+    for days, frame, lengths in batches:
+        target.write_encoded_many(RAW_OHLCV, "binance", "SIM000/USDT",
+                                  list(zip(days, target.encode(RAW_OHLCV, frame, lengths))))
     return time.perf_counter() - started
 
 

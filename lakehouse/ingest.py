@@ -544,7 +544,7 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
     progress.emit(progress.ProgressEvent("waiting", RAW_OHLCV, symbol,
                                          detail=f"{symbol}: downloading {days[0]}..{days[-1]} from the archive"))
     # Days arrive far faster than REST pages, so storing them is what remains: each file's complete days are
-    # stored by the thread that verified it, as one frame encoded in one polars run (a frame or a run per day
+    # stored by the thread that verified it, as one frame cut into day files as it is encoded (a frame per day
     # cost as much as the encoding itself), their files written together (one sync to disk for all of them);
     # handing days between threads cost more CPU than it saved. A day with gaps is completed from REST on a
     # thread of its own, so its requests do not hold up the files.
@@ -577,16 +577,15 @@ def _from_archive(exchange, storage, symbol, days, listing, closed_end, now) -> 
 
 
 def _store_archive_days(exchange, storage, symbol, got: list[ArchiveDay], listing, closed_end, now) -> list[DayResult]:
-    """Write complete archive days: one frame and one encoding run for all of them, a file per day, written
-    together."""
+    """Write complete archive days: one frame for all of them, encoded into a file per day, written together."""
     if not got:
         return []
     rows = np.concatenate([d.rows for d in got])
     frame, ts = _frame(rows, exchange.id, symbol, now), rows[:, 0].astype(np.int64)
-    offsets = np.cumsum([0] + [len(d.rows) for d in got])
-    frames = [frame.slice(int(lo), int(hi - lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
+    lengths = [len(d.rows) for d in got]
+    offsets = np.cumsum([0] + lengths)
     storage.write_encoded_many(RAW_OHLCV, exchange.id, symbol,
-                               list(zip([d.day for d in got], storage.encode(RAW_OHLCV, frames))))
+                               list(zip([d.day for d in got], storage.encode(RAW_OHLCV, frame, lengths))))
     return [_stored(symbol, d.day, len(d.rows), ts[offsets[i]:offsets[i + 1]], listing, closed_end, "archive")
             for i, d in enumerate(got)]
 

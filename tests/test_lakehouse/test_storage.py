@@ -153,19 +153,22 @@ def test_a_written_file_has_the_layers_column_order_even_when_the_frame_has_anot
 
 def test_days_encoded_together_are_written_byte_for_byte_as_one_at_a_time(tmp_path):
     days = [DAY + dt.timedelta(days=i) for i in range(3)]
-    frames = [frame(3, close=float(i)) for i in range(3)]
+    frames = [frame(3 + i, close=float(i)) for i in range(3)]
     alone, together = Storage(tmp_path / "alone"), Storage(tmp_path / "together")
     for day, f in zip(days, frames):
         alone.write_partition(RAW_OHLCV, "simulated", "BTC/USDT", day, f)
-    encoded = together.encode(RAW_OHLCV, [f.select(reversed(f.columns)) for f in frames])  # conformed too
+    whole = pl.concat(frames).select(reversed(frames[0].columns))  # conformed too
+    encoded = together.encode(RAW_OHLCV, whole, [3, 4, 5])
     for day, data in zip(days, encoded):
         together.write_encoded(RAW_OHLCV, "simulated", "BTC/USDT", day, data)
     for day in days:
         paths = [s.partition_path(RAW_OHLCV, "simulated", "BTC/USDT", day) for s in (alone, together)]
         assert paths[0].read_bytes() == paths[1].read_bytes()
-    assert together.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[2])["close"].to_list() == [2.0] * 3
+    assert together.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[2])["close"].to_list() == [2.0] * 5
+    with pytest.raises(ValueError, match="do not cut a frame of 12"):
+        together.encode(RAW_OHLCV, whole, [3, 4])
     with pytest.raises(StorageError, match="use write_table"):
-        together.encode("scores", frames)
+        together.encode("scores", whole)
 
 
 def test_days_written_together_reach_the_disk_in_one_sync_before_any_is_renamed(tmp_path, monkeypatch):
@@ -185,7 +188,7 @@ def test_days_written_together_reach_the_disk_in_one_sync_before_any_is_renamed(
 
     monkeypatch.setattr(storage_module, "_SYNCFS", [syncfs])
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
-    files = list(zip(days, s.encode(RAW_OHLCV, [frame(3, float(10 + i)) for i in range(3)])))
+    files = list(zip(days, s.encode(RAW_OHLCV, pl.concat([frame(3, float(10 + i)) for i in range(3)]), [3, 3, 3])))
     s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
     assert len(events) == 1 and events[0].count("part.parquet") == 1 and len(events[0]) == 4
     for i, day in enumerate(days):
@@ -206,7 +209,7 @@ def test_a_failed_sync_of_days_written_together_leaves_every_old_file_and_no_tem
         raise OSError(5, "syncfs: Input/output error", str(folder))
 
     monkeypatch.setattr(storage_module, "_SYNCFS", [failing])
-    files = list(zip(days, s.encode(RAW_OHLCV, [frame(3, 9.0)] * 3)))
+    files = list(zip(days, s.encode(RAW_OHLCV, pl.concat([frame(3, 9.0)] * 3), [3, 3, 3])))
     with pytest.raises(OSError, match="Input/output"):
         s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
     assert s.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[0])["close"].to_list() == [1.0] * 3

@@ -409,7 +409,7 @@ def parquet_bytes_many(df: pl.DataFrame, lengths: Sequence[int] | None = None) -
     # there: each part converted on its own cost a third as much again. LZ4 (LZ4_RAW), not zstd: a year of a
     # symbol's day files reads in 39 ms instead of 54, for files a third larger; a small file's read is mostly
     # decompression (bench/derive.py).
-    import pyarrow as pa
+    import pyarrow as pa  # on first use: 30-70 ms that a command which only reads should not pay
     import pyarrow.parquet as pq
 
     if lengths is None:

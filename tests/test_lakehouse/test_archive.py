@@ -453,6 +453,8 @@ def test_parse_converts_microseconds_to_the_same_milliseconds():
     (csv(ROW.format(t=START - MINUTE_MS, c=START - 1)), "outside the file's period"),
     (csv(ROW.format(t=START + 1000, c=START + 1000 + MINUTE_MS - 1)), "off the minute"),
     (csv(ROW.format(t=START, c=START + MINUTE_MS - 1), ROW.format(t=START, c=START + MINUTE_MS - 1)), "out of order"),
+    (csv(ROW.format(t=START, c=START + MINUTE_MS - 1).replace(",42298.62000000,", ',"42298.62000000",')),
+     "malformed CSV"),  # Binance quotes no field
     (b"", "empty"),
 ])
 def test_parse_is_strict(data, message):

@@ -25,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import random
 import struct
 import tempfile
@@ -206,8 +207,9 @@ def parse_klines_csv(data: bytes, start_ms: int, end_ms: int) -> np.ndarray:
     return out
 
 
-def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str) -> bytes:
-    """A deflated member inflated by ISA-L, checked against its size and CRC-32 as zipfile would.
+def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str, whole: bytes | None = None) -> bytes:
+    """A deflated member inflated by ISA-L, checked against its size and CRC-32 as zipfile would; `whole`, when
+    given, is the zip's bytes (`buf` reads them), inflated from where they are rather than from a copy.
 
     zipfile inflates with zlib, which took a third of a month file's whole cost; ISA-L is about 3x faster.
     """
@@ -219,12 +221,49 @@ def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str) -> bytes:
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise CorruptFile("bad zip (no local file header)")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    buf.seek(info.header_offset + 30 + name_len + extra_len)
-    compressed = buf.read(info.compress_size)
+    start = info.header_offset + 30 + name_len + extra_len
+    if whole is not None:
+        compressed = memoryview(whole)[start:start + info.compress_size]
+    else:
+        buf.seek(start)
+        compressed = buf.read(info.compress_size)
     data = isal_zlib.decompress(compressed, wbits=-15)
     if len(compressed) != info.compress_size or len(data) != info.file_size or isal_zlib.crc32(data) != info.CRC:
         raise CorruptFile("bad zip (size or CRC-32 of the CSV does not match)")
     return data
+
+
+class _Body:
+    """A download's bytes: the one bytes object a body read whole arrives as (`whole`, used where it lies), or
+    chunks spooled to a temporary file past 16 MiB."""
+
+    def __init__(self):
+        self.whole: bytes | None = None
+        self._spool: tempfile.SpooledTemporaryFile | None = None
+
+    def write(self, chunk: bytes) -> None:
+        if self._spool is None and self.whole is None:
+            self.whole = chunk
+            return
+        if self._spool is None:
+            self._spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+            self._spool.write(self.whole)
+            self.whole = None
+        self._spool.write(chunk)
+
+    def open(self) -> BinaryIO:
+        if self._spool is None:
+            return io.BytesIO(self.whole or b"")  # shares the bytes: no copy
+        self._spool.seek(0)
+        return self._spool
+
+    def __enter__(self) -> "_Body":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._spool is not None:
+            self._spool.close()
+        self.whole = None
 
 
 _HOSTS: dict[str, threading.BoundedSemaphore] = {}
@@ -338,11 +377,11 @@ class KlineArchive:
     # one file -----------------------------------------------------------------------------------
     def _download_verified(self, file: ArchiveFile) -> np.ndarray:
         digest = hashlib.sha256()
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buf:
+        with _Body() as body:
 
             def sink(chunk: bytes) -> None:
                 digest.update(chunk)
-                buf.write(chunk)
+                body.write(chunk)
 
             self._get(file.path, sink)
             checksum = bytearray()
@@ -350,14 +389,14 @@ class KlineArchive:
             expected = bytes(checksum[:1024]).decode("ascii", "replace").split()
             if not expected or expected[0].lower() != digest.hexdigest():
                 raise CorruptFile("checksum mismatch (sha256 differs from .CHECKSUM)")
-            buf.seek(0)
+            buf = body.open()
             try:
                 with zipfile.ZipFile(buf) as zf:
                     names = zf.namelist()
                     member = file.name[:-4] + ".csv"
                     if names != [member]:
                         raise CorruptFile(f"bad zip: expected one member {member}, found {names[:3]}")
-                    data = _read_member(zf, buf, member)
+                    data = _read_member(zf, buf, member, body.whole)
             except (zipfile.BadZipFile, zlib.error, isal_zlib.error, EOFError) as exc:
                 raise CorruptFile(f"bad zip ({str(exc)[:80]})") from None
         return parse_klines_csv(data, *file.window_ms())

@@ -514,9 +514,13 @@ def _store_frame(storage, exchange_id, symbol, day, frame: pl.DataFrame, ts: np.
 def _stored(symbol, day, candles: int, ts: np.ndarray, listing: _Listing, closed_end, source: str) -> DayResult:
     """A day just written (`ts`: its rows' open times in ms) measured against its window, and reported done."""
     start = day_start_ms(day)
-    on_minute = ts % MINUTE_MS == 0
-    # Rows as the exchange sends them are almost always strictly increasing minutes: no sort needed then.
-    minutes = ts if on_minute.all() and (ts[1:] > ts[:-1]).all() else np.unique(ts[on_minute])
+    # Rows as the exchange sends them are almost always a run of consecutive minutes: no remainders, no sort.
+    step = np.diff(ts)
+    if ts.size and ts[0] % MINUTE_MS == 0 and (step == MINUTE_MS).all():
+        minutes = ts
+    else:
+        on_minute = ts % MINUTE_MS == 0
+        minutes = ts if on_minute.all() and (step > 0).all() else np.unique(ts[on_minute])
     window_end = min(start + DAY_MS, closed_end)
     window_start = start if (minutes.size and minutes[0] == start) else listing.window_start(start)
     expected = max(0, (window_end - window_start) // MINUTE_MS)

@@ -433,6 +433,12 @@ def csv(*rows: str) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
+def test_parse_keeps_a_run_with_a_gap_of_whole_minutes():
+    rows = parse_klines_csv(csv(*(ROW.format(t=START + i * MINUTE_MS, c=START + (i + 1) * MINUTE_MS - 1)
+                                  for i in (0, 1, 4, 5))), START, START + DAY_MS)
+    assert rows[:, 0].tolist() == [START + i * MINUTE_MS for i in (0, 1, 4, 5)]
+
+
 def test_parse_converts_microseconds_to_the_same_milliseconds():
     ms = parse_klines_csv(csv(ROW.format(t=START, c=START + MINUTE_MS - 1)), START, START + DAY_MS)
     us = parse_klines_csv(csv(ROW.format(t=START * 1000, c=(START + MINUTE_MS) * 1000 - 1)), START, START + DAY_MS)
@@ -452,6 +458,8 @@ def test_parse_converts_microseconds_to_the_same_milliseconds():
     (csv(ROW.format(t=START, c=START + MINUTE_MS)), "close time"),
     (csv(ROW.format(t=START - MINUTE_MS, c=START - 1)), "outside the file's period"),
     (csv(ROW.format(t=START + 1000, c=START + 1000 + MINUTE_MS - 1)), "off the minute"),
+    (csv(ROW.format(t=START, c=START + MINUTE_MS - 1),
+         ROW.format(t=START + 90_000, c=START + 90_000 + MINUTE_MS - 1)), "off the minute"),
     (csv(ROW.format(t=START, c=START + MINUTE_MS - 1), ROW.format(t=START, c=START + MINUTE_MS - 1)), "out of order"),
     (csv(ROW.format(t=START, c=START + MINUTE_MS - 1).replace(",42298.62000000,", ',"42298.62000000",')),
      "malformed CSV"),  # Binance quotes no field

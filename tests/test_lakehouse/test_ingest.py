@@ -107,3 +107,12 @@ def test_gaps_of_a_window_from_its_open_times():
     assert _gaps(minutes(1, 2, 3, 4), 0, 4 * m) == [(0, m)]  # as many rows as minutes, one past the end
     assert _gaps(minutes(0, 1, 2), 0, 4 * m) == [(3 * m, 4 * m)]
     assert _gaps(minutes(), 0, 2 * m) == [(0, 2 * m)]
+
+
+def test_day_start_ms_is_midnight_utc():
+    from lakehouse.timeutil import day_start_ms
+
+    assert day_start_ms(dt.date(1970, 1, 1)) == 0
+    assert day_start_ms(dt.date(2024, 1, 1)) == 1_704_067_200_000
+    assert day_start_ms(dt.date(2024, 3, 1)) - day_start_ms(dt.date(2024, 2, 28)) == 2 * 86_400_000  # leap day
+    assert day_start_ms(dt.datetime(2025, 1, 1, 23, 59)) == 1_735_689_600_000  # the time of day is ignored

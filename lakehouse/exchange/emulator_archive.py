@@ -11,8 +11,8 @@ the file is a 404. Archive downloads are outside the REST weight budget, as on B
 
 Faults (`inject`, or POST /_emulator/archive/faults): "corrupt" (bytes changed, so the sha256 no longer
 matches its .CHECKSUM), "bad_zip" and "malformed" (a broken zip, or a zip whose CSV has a 11-field row; the
-.CHECKSUM requested next for that file matches the broken body, so only the content check can catch it),
-"gappy" (ten rows left out, or every `stride`-th row, checksum matching), "missing" (404), "truncated" (Content-Length promises the whole
+file's .CHECKSUM matches the broken body, whether it is asked for before or after the zip, so only the content
+check can catch it), "gappy" (ten rows left out, or every `stride`-th row, checksum matching), "missing" (404), "truncated" (Content-Length promises the whole
 file, the connection closes halfway), "500" and "timeout" (answers after `delay` seconds). `match` picks the
 files a fault applies to (a substring of the path, e.g. a file name; default every .zip).
 """
@@ -34,6 +34,7 @@ from ..timeutil import DAY_MS, day_start_ms
 ARCHIVE_PREFIX = "/data/"
 CONTROL_PATH = "/_emulator/archive"
 FAULT_KINDS = ("corrupt", "bad_zip", "malformed", "gappy", "missing", "truncated", "500", "timeout")
+_CONTENT_FAULTS = ("bad_zip", "malformed", "gappy")  # a file published wrong: its .CHECKSUM matches the wrong body
 MICROSECONDS_FROM_MS = day_start_ms(dt.date(2025, 1, 1))
 _CACHED_FILES = 16
 
@@ -60,7 +61,11 @@ class ArchiveRoutes:
         self.monthly_delay_s = monthly_delay_s
         self._lock = threading.Lock()
         self._faults: collections.deque[_Fault] = collections.deque()
-        self._forged_checksums: dict[str, str] = {}  # file path -> sha256 of the faulty body just served
+        # A content fault pairs one download of a zip with one of its .CHECKSUM, in either order: file path ->
+        # the fault its zip was just served with (its checksum is next), or the fault its checksum, asked for
+        # first, promised to the zip's next download.
+        self._served: dict[str, _Fault] = {}
+        self._promised: dict[str, _Fault] = {}
         self._cache_size = _CACHED_FILES
         self._cache: collections.OrderedDict[tuple[str, str], tuple[bytes, str] | None] = collections.OrderedDict()
         self.reset_counters()
@@ -100,7 +105,8 @@ class ArchiveRoutes:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
-            self._forged_checksums.clear()
+            self._served.clear()
+            self._promised.clear()
 
     def control(self, method: str, path: str, body: bytes):
         from .emulator import _json_response
@@ -158,15 +164,25 @@ class ArchiveRoutes:
             return _not_found()  # not published yet
         zip_path = path[: -len(".CHECKSUM")] if m["checksum"] else path
         if m["checksum"]:
-            with self._lock:
-                forged = self._forged_checksums.pop(zip_path, None)
             built = self._file(unified, m["period"], start, end, m["id"])
             if built is None:
                 return _not_found()
-            digest = forged or built[1]
+            with self._lock:
+                fault = self._served.pop(zip_path, None) or self._promised.get(zip_path)
+                if fault is None:
+                    fault = self._take_fault(zip_path, kinds=_CONTENT_FAULTS)
+                    if fault is not None:
+                        self._promised[zip_path] = fault
+            digest = built[1] if fault is None else hashlib.sha256(
+                self._broken(fault, unified, m["id"], m["period"], start, end, built[0])).hexdigest()
             name = zip_path.rsplit("/", 1)[1]
             return _Response(200, f"{digest}  {name}\n".encode(), "text/plain")
-        fault = self._pop_fault(zip_path)
+        with self._lock:
+            fault = self._promised.pop(zip_path, None)
+            if fault is None:
+                fault = self._take_fault(zip_path)
+                if fault is not None and fault.kind in _CONTENT_FAULTS:
+                    self._served[zip_path] = fault  # its checksum, asked for next, matches this body
         if fault is not None and fault.kind == "missing":
             return _not_found()
         built = self._file(unified, m["period"], start, end, m["id"])
@@ -177,15 +193,18 @@ class ArchiveRoutes:
             return _Response(200, body, "application/zip")
         return self._faulty(fault, zip_path, unified, m["id"], m["period"], start, end, body)
 
-    def _pop_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.match is None or fault.match in path:
-                    fault.remaining -= 1
-                    if fault.remaining <= 0:
-                        self._faults.remove(fault)
-                    self.counts[f"fault_{fault.kind}"] += 1
-                    return fault
+    def _take_fault(self, path: str, kinds: tuple[str, ...] | None = None) -> _Fault | None:
+        """The next fault for `path`'s download, taken (the caller holds the lock); with `kinds`, only if it is
+        one of those."""
+        for fault in self._faults:
+            if fault.match is None or fault.match in path:
+                if kinds is not None and fault.kind not in kinds:
+                    return None
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                self.counts[f"fault_{fault.kind}"] += 1
+                return fault
         return None
 
     def _faulty(self, fault: _Fault, zip_path: str, unified: str, market_id: str, period: str, start: int, end: int,
@@ -202,21 +221,23 @@ class ArchiveRoutes:
             return _Response(500, b"<html><body>500 Internal Server Error</body></html>", "text/html")
         if kind == "timeout":
             return _Response(200, body, "application/zip", delay_s=float(fault.params.get("delay", 5.0)))
-        if kind == "bad_zip":
-            broken = b"PK\x03\x04" + body[4: len(body) // 3]
-        else:  # malformed / gappy: a well-formed zip of a CSV that is not what the exchange has
-            lines = _csv(self.emulator, unified, start, end).splitlines(keepends=True)
-            if kind == "malformed":
-                row = lines[len(lines) // 2].rstrip(b"\n").split(b",")
-                lines[len(lines) // 2] = b",".join(row[:11]) + b"\n"
-            elif fault.params.get("stride"):  # every n-th row left out: many small gaps
-                lines = [line for i, line in enumerate(lines) if i % int(fault.params["stride"])]
-            else:
-                del lines[len(lines) // 3: len(lines) // 3 + 10]
-            broken = _zip(period, market_id, b"".join(lines))
-        with self._lock:
-            self._forged_checksums[zip_path] = hashlib.sha256(broken).hexdigest()
-        return _Response(200, broken, "application/zip")
+        return _Response(200, self._broken(fault, unified, market_id, period, start, end, body), "application/zip")
+
+    def _broken(self, fault: _Fault, unified: str, market_id: str, period: str, start: int, end: int,
+                body: bytes) -> bytes:
+        """The wrong body a content fault publishes in place of `body`."""
+        if fault.kind == "bad_zip":
+            return b"PK\x03\x04" + body[4: len(body) // 3]
+        # malformed / gappy: a well-formed zip of a CSV that is not what the exchange has
+        lines = _csv(self.emulator, unified, start, end).splitlines(keepends=True)
+        if fault.kind == "malformed":
+            row = lines[len(lines) // 2].rstrip(b"\n").split(b",")
+            lines[len(lines) // 2] = b",".join(row[:11]) + b"\n"
+        elif fault.params.get("stride"):  # every n-th row left out: many small gaps
+            lines = [line for i, line in enumerate(lines) if i % int(fault.params["stride"])]
+        else:
+            del lines[len(lines) // 3: len(lines) // 3 + 10]
+        return _zip(period, market_id, b"".join(lines))
 
     def _file(self, unified: str, period: str, start: int, end: int,
               market_id: str | None = None) -> tuple[bytes, str] | None:

@@ -146,7 +146,7 @@ def test_newest_days_not_yet_published_come_from_rest(emulator, storage, source,
     assert list(sources(report).values()) == ["archive", "archive", "rest", "rest", "rest"]
     assert_exact(storage, rest_reference, source, days)
     assert [d.archive_fallback is not None for d in report.days] == [False, False, True, True, False]
-    assert emulator.archive.stats()["status_404"] == 2
+    assert emulator.archive.stats()["status_404"] == 4  # each unpublished day's zip and its .CHECKSUM
 
 
 @pytest.mark.parametrize("kind, count, expected, reason", [
@@ -172,6 +172,32 @@ def test_a_bad_file_is_retried_then_its_day_falls_back_to_rest_exactly(
     assert md.get("archive_fallbacks", 0) == (0 if reason is None else 1)
     if reason:
         assert md["archive_fallback_days"] == [f"2024-12-29: {day.archive_fallback}"]
+
+
+@pytest.mark.parametrize("checksum_first", [True, False])
+def test_a_file_published_wrong_has_a_checksum_of_its_wrong_body_in_either_order(emulator, checksum_first):
+    import hashlib
+
+    file = ArchiveFile("BTCUSDT", "2024-12-29")
+    emulator.archive.inject("malformed", match=file.name)
+    zip_url, sum_url = f"{emulator.url}/{file.path}", f"{emulator.url}/{file.path}.CHECKSUM"
+    if checksum_first:
+        published = requests.get(sum_url, timeout=5).text.split()[0]
+        body = requests.get(zip_url, timeout=5).content
+    else:
+        body = requests.get(zip_url, timeout=5).content
+        published = requests.get(sum_url, timeout=5).text.split()[0]
+    assert hashlib.sha256(body).hexdigest() == published  # only the content check can catch this file
+    with pytest.raises(CorruptFile, match="missing fields"):
+        parse_klines_csv(zipfile.ZipFile(io.BytesIO(body)).read(file.name[:-4] + ".csv"), *file.window_ms())
+    again = requests.get(zip_url, timeout=5).content  # the fault was one download: the next is the real file
+    assert hashlib.sha256(again).hexdigest() == requests.get(sum_url, timeout=5).text.split()[0] != published
+
+
+def test_a_files_checksum_is_asked_for_alongside_its_zip(source):
+    with BinanceEmulator(source=source, clock=lambda: NOW, latency_ms=200) as emu:
+        rows = KlineArchive(emu.url, workers=1).fetch(ArchiveFile("BTCUSDT", "2024-12-29"))
+        assert len(rows) == 1440 and emu.peak_in_flight == 2  # one round trip for the two, not one each
 
 
 @pytest.mark.parametrize("how", ["chunked", "gzip"])
@@ -224,7 +250,7 @@ def test_a_download_that_times_out_is_retried(emulator, storage, source, rest_re
     c = client(emulator, timeout_s=1.5)
     report = ingest_days(c, storage, SYMBOL, days)
     assert list(sources(report).values()) == ["archive", "archive"]
-    assert (c.archive.stats.retries, c.archive.stats.requests) == (1, 5)
+    assert (c.archive.stats.retries, c.archive.stats.requests) == (1, 6)  # each try: the zip and its .CHECKSUM
     assert_exact(storage, rest_reference, source, days)
 
 
@@ -321,7 +347,7 @@ def test_an_unreachable_archive_is_given_up_for_the_run(emulator, storage, sourc
     assert set(sources(report).values()) == {"rest"}
     assert_exact(storage, rest_reference, source, days)
     assert all("archive unreachable: cannot connect" in d.archive_fallback for d in report.days)
-    assert c.archive.stats.requests == 2  # the first download tried twice, then the archive is left alone
+    assert c.archive.stats.requests == 4  # the first file tried twice (zip and .CHECKSUM), then left alone
 
 
 def test_resume_keeps_days_already_written_and_does_not_download_them(emulator, storage, source, rest_reference):

@@ -186,7 +186,7 @@ def test_days_written_together_reach_the_disk_in_one_sync_before_any_is_renamed(
         events.append(sorted(p.name for p in tmp_path.rglob("*.parquet")))
         real(folder)
 
-    monkeypatch.setattr(storage_module, "_SYNCFS", [syncfs])
+    monkeypatch.setattr(storage_module, "_syncfs", lambda: syncfs)
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
     files = list(zip(days, s.encode(RAW_OHLCV, pl.concat([frame(3, float(10 + i)) for i in range(3)]), [3, 3, 3])))
     s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
@@ -208,13 +208,13 @@ def test_a_failed_sync_of_days_written_together_leaves_every_old_file_and_no_tem
     def failing(folder):
         raise OSError(5, "syncfs: Input/output error", str(folder))
 
-    monkeypatch.setattr(storage_module, "_SYNCFS", [failing])
+    monkeypatch.setattr(storage_module, "_syncfs", lambda: failing)
     files = list(zip(days, s.encode(RAW_OHLCV, pl.concat([frame(3, 9.0)] * 3), [3, 3, 3])))
     with pytest.raises(OSError, match="Input/output"):
         s.write_encoded_many(RAW_OHLCV, "simulated", "BTC/USDT", files)
     assert s.read_partition(RAW_OHLCV, "simulated", "BTC/USDT", days[0])["close"].to_list() == [1.0] * 3
     assert [p.name for p in tmp_path.rglob("*") if p.is_file() and "_meta" not in p.parts] == ["part.parquet"]
-    monkeypatch.setattr(storage_module, "_SYNCFS", [None])  # no syncfs here (not Linux): each file fsynced
+    monkeypatch.setattr(storage_module, "_syncfs", lambda: None)  # no syncfs here (not Linux): each file fsynced
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))

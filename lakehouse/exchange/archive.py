@@ -35,11 +35,11 @@ import zipfile
 import zlib
 from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
+import deflate
 import numpy as np
 import polars as pl
 import requests
 import urllib3
-from isal import isal_zlib
 
 from ..timeutil import DAY_MS, MINUTE_MS, day_start_ms
 
@@ -51,6 +51,7 @@ WORKERS = 4  # files one symbol works on at once (download, verify, store): enou
 HOST_DOWNLOADS = 16
 _CHUNK = 1 << 20
 _SPOOL_BYTES = 16 << 20  # a download larger than this spills to a temporary file instead of memory
+_MAX_CSV_BYTES = 256 << 20  # far past any 1m kline file (a month is about 9 MB): a larger claim is a bad zip
 _MAX_FILE_BYTES = 512 << 20  # no kline file is anywhere near this; a larger body is not one
 T = TypeVar("T")
 _US_THRESHOLD = 10**14  # ms timestamps stay below this until the year 5138, us timestamps are above it
@@ -212,10 +213,11 @@ def parse_klines_csv(data: bytes, start_ms: int, end_ms: int) -> np.ndarray:
 
 
 def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str, whole: bytes | None = None) -> bytes:
-    """A deflated member inflated by ISA-L, checked against its size and CRC-32 as zipfile would; `whole`, when
-    given, is the zip's bytes (`buf` reads them), inflated from where they are rather than from a copy.
+    """A deflated member inflated by libdeflate, checked against its size and CRC-32 as zipfile would; `whole`,
+    when given, is the zip's bytes (`buf` reads them), inflated from where they are rather than from a copy.
 
-    zipfile inflates with zlib, which took a third of a month file's whole cost; ISA-L is about 3x faster.
+    zipfile inflates with zlib, which took a third of a month file's whole cost; libdeflate, which inflates a
+    whole buffer of known size at once, took a month file in 7.4 ms here, ISA-L 10-15 ms and zlib 26 ms.
     """
     info = zf.getinfo(member)
     if info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:  # stored or encrypted: rare
@@ -231,8 +233,13 @@ def _read_member(zf: zipfile.ZipFile, buf: BinaryIO, member: str, whole: bytes |
     else:
         buf.seek(start)
         compressed = buf.read(info.compress_size)
-    data = isal_zlib.decompress(compressed, wbits=-15)
-    if len(compressed) != info.compress_size or len(data) != info.file_size or isal_zlib.crc32(data) != info.CRC:
+    if info.file_size > _MAX_CSV_BYTES:  # the size is the zip's word: a bomb would claim any size
+        raise CorruptFile(f"bad zip (the CSV claims {info.file_size} bytes; a month of 1m is about 9 MB)")
+    try:
+        data = bytes(deflate.deflate_decompress(compressed, info.file_size))  # polars reads bytes, not bytearray
+    except deflate.DeflateError:
+        raise CorruptFile("bad zip (the CSV does not inflate to its stated size)") from None
+    if len(compressed) != info.compress_size or len(data) != info.file_size or deflate.crc32(data) != info.CRC:
         raise CorruptFile("bad zip (size or CRC-32 of the CSV does not match)")
     return data
 
@@ -419,7 +426,7 @@ class KlineArchive:
                     if names != [member]:
                         raise CorruptFile(f"bad zip: expected one member {member}, found {names[:3]}")
                     data = _read_member(zf, buf, member, body.whole)
-            except (zipfile.BadZipFile, zlib.error, isal_zlib.error, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                 raise CorruptFile(f"bad zip ({str(exc)[:80]})") from None
         return parse_klines_csv(data, *file.window_ms())
 

@@ -511,6 +511,31 @@ def test_a_zip_member_is_read_only_when_its_crc_matches(method):
         _read_member(zf, io.BytesIO(bad), "X-1m-2024-01-01.csv")
 
 
+def _deflated_zip(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("X-1m-2024-01-01.csv", data)
+    return buf.getvalue()
+
+
+def _with_stated_size(zipped: bytes, size: int) -> bytes:
+    at = zipped.index(b"PK\x01\x02") + 24  # the uncompressed size the central directory records
+    return zipped[:at] + size.to_bytes(4, "little") + zipped[at + 4:]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda z, n: _with_stated_size(z, n + 7), "inflate to its stated size|size or CRC"),
+    (lambda z, n: _with_stated_size(z, n - 7), "inflate to its stated size|size or CRC"),
+    (lambda z, n: _with_stated_size(z, 3 << 30), "claims 3221225472 bytes"),  # refused before any allocation
+    (lambda z, n: z[:40] + bytes(b ^ 0x5A for b in z[40:60]) + z[60:], "bad zip"),  # the deflate stream itself
+])
+def test_a_zip_member_whose_size_or_stream_is_wrong_is_a_bad_zip(damage, message):
+    data = csv(*(ROW.format(t=START + i * MINUTE_MS, c=START + (i + 1) * MINUTE_MS - 1) for i in range(50)))
+    bad = damage(_deflated_zip(data), len(data))
+    with zipfile.ZipFile(io.BytesIO(bad)) as zf, pytest.raises(CorruptFile, match=message):
+        _read_member(zf, io.BytesIO(bad), "X-1m-2024-01-01.csv", bad)
+
+
 def test_whole_months_are_one_file_other_days_daily_files():
     days = span(D(2024, 1, 30), D(2024, 3, 2))
     assert [f.name for f in plan_files("BTCUSDT", days)] == [
